@@ -1,0 +1,224 @@
+"""The compiled C++ compositor against the tiled torch reference, the dense one and autograd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from render_reference import composite_dense, random_scene
+
+from vasa3d.gaussians import composite_cpp as cc
+from vasa3d.gaussians import rasterize
+from vasa3d.gaussians.composite import TileBins, bin_gaussians, composite_torch
+from vasa3d.gaussians.projection import quat_to_rotmat
+
+F32, F64 = torch.float32, torch.float64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built() -> None:
+    if not cc.is_available():
+        pytest.skip(f"the C++ compositor cannot be built here: {cc.unavailable_reason()}")
+
+
+def _scene(n: int, width: int, height: int, seed: int, dtype: torch.dtype, channels: int = 4):
+    m2d, conics, opac, colors, radii, depths = random_scene(n, width, height, seed=seed, dtype=dtype)
+    return m2d, conics, opac, colors[:, :channels].contiguous(), radii, depths
+
+
+def _loss_weights(shape_rgb, shape_alpha, dtype, seed=7):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape_rgb, generator=gen, dtype=dtype), torch.randn(shape_alpha, generator=gen, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("width,height,n,channels", [(37, 29, 80, 4), (64, 48, 600, 3), (50, 33, 300, 1),
+                                                     (16, 16, 60, 4), (7, 40, 40, 2)])
+def test_forward_matches_torch_and_dense(width, height, n, channels, dtype):
+    m2d, conics, opac, colors, radii, depths = _scene(n, width, height, n, dtype, channels)
+    bins = bin_gaussians(m2d, radii, depths, width, height, 16)
+    rgb, alpha = cc.composite_cpp(m2d, conics, opac, colors, bins, width, height)
+    assert rgb.shape == (height, width, channels) and alpha.shape == (height, width, 1) and rgb.dtype == dtype
+    ref_rgb, ref_alpha = composite_torch(m2d, conics, opac, colors, bins, width, height)
+    torch.testing.assert_close(rgb, ref_rgb)
+    torch.testing.assert_close(alpha, ref_alpha)
+    dense_rgb, dense_alpha = composite_dense(m2d, conics, opac, colors, radii, depths, width, height)
+    torch.testing.assert_close(rgb, dense_rgb)
+    torch.testing.assert_close(alpha, dense_alpha)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_early_stop_on_a_pile_of_opaque_gaussians(dtype):
+    """200 near-opaque Gaussians on one spot: pixels stop after a few, and the tiles stop early."""
+    m2d, conics, opac, colors, radii, depths = _scene(200, 40, 36, 11, dtype)
+    m2d[:] = torch.tensor([20.0, 18.0], dtype=dtype) + 0.5 * torch.randn(200, 2, dtype=dtype)
+    opac[:] = 0.9
+    bins = bin_gaussians(m2d, radii, depths, 40, 36, 16)
+    out = torch.ops.vasa3d_composite.forward(m2d, conics, opac, colors, bins.tile_offsets, bins.flat_ids,
+                                             bins.tiles_x, bins.tiles_y, 16, 40, 36)
+    rgb, alpha, t_final, last = out
+    centre_tile = (18 // 16) * bins.tiles_x + 20 // 16
+    assert 0 < int(last[18, 20]) < 20 < int(bins.tile_offsets[centre_tile + 1] - bins.tile_offsets[centre_tile])
+    assert float(t_final.min()) > 1e-4 and float(t_final[18, 20]) < 1e-2
+    dense_rgb, dense_alpha = composite_dense(m2d, conics, opac, colors, radii, depths, 40, 36)
+    torch.testing.assert_close(rgb, dense_rgb)
+    torch.testing.assert_close(alpha, dense_alpha)
+
+
+def test_empty_scenes_render_nothing_and_backprop_zeros():
+    m2d, conics, opac, colors, radii, depths = _scene(30, 33, 20, 2, F64)
+    inputs = [t.clone().requires_grad_() for t in (m2d, conics, opac, colors)]
+    bins = bin_gaussians(m2d, torch.zeros_like(radii), depths, 33, 20, 16)  # everything culled
+    assert bins.flat_ids.numel() == 0
+    rgb, alpha = cc.composite_cpp(*inputs, bins, 33, 20)
+    assert rgb.shape == (20, 33, 4) and not rgb.any() and not alpha.any()
+    (rgb.sum() + alpha.sum()).backward()
+    assert all(t.grad is not None and not t.grad.any() for t in inputs)
+    none = TileBins(torch.zeros(bins.tiles_x * bins.tiles_y + 1, dtype=torch.int64),
+                    torch.zeros(0, dtype=torch.int64), bins.tiles_x, bins.tiles_y, 16)
+    rgb, alpha = cc.composite_cpp(m2d[:0], conics[:0], opac[:0], colors[:0], none, 33, 20)
+    assert rgb.shape == (20, 33, 4) and not rgb.any() and not alpha.any()
+
+
+def _grads(fn, inputs, weights):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    rgb, alpha = fn(*leaves)
+    ((rgb * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
+    return (rgb.detach(), alpha.detach()), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("width,height,n,channels", [(37, 29, 150, 4), (48, 40, 500, 3), (20, 20, 40, 1)])
+def test_gradients_match_torch_autograd(width, height, n, channels, dtype):
+    m2d, conics, opac, colors, radii, depths = _scene(n, width, height, 100 + n, dtype, channels)
+    opac[::7] = 1.0  # alphas clamped at 0.999 where these sit on a pixel centre: no gradient through them
+    m2d[::7] = torch.floor(m2d[::7]) + 0.5
+    bins = bin_gaussians(m2d, radii, depths, width, height, 16)
+    weights = _loss_weights((height, width, channels), (height, width, 1), dtype)
+    inputs = (m2d, conics, opac, colors)
+    outs, grads = _grads(lambda *x: cc.composite_cpp(*x, bins, width, height), inputs, weights)
+    ref_outs, ref_grads = _grads(lambda *x: composite_torch(*x, bins, width, height), inputs, weights)
+    for ours, ref in zip(outs, ref_outs):
+        torch.testing.assert_close(ours, ref)
+    for name, ours, ref in zip(("means2d", "conics", "opacities", "colors"), grads, ref_grads):
+        scale = float(ref.abs().max())
+        assert scale > 0, name
+        if dtype == F64:
+            torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-11 * scale, msg=name)
+        else:
+            torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-4 * scale, msg=name)
+
+
+def test_gradcheck_float64():
+    m2d, conics, opac, colors, radii, depths = _scene(12, 20, 18, 5, F64)
+    bins = bin_gaussians(m2d, radii, depths, 20, 18, 16)
+    inputs = [t.clone().requires_grad_() for t in (m2d, conics, opac, colors)]
+    assert torch.autograd.gradcheck(lambda *x: cc.composite_cpp(*x, bins, 20, 18), inputs, eps=1e-6, atol=1e-6)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    m2d, conics, opac, colors, radii, depths = _scene(800, 64, 64, 3, F32)
+    bins = bin_gaussians(m2d, radii, depths, 64, 64, 16)
+    weights = _loss_weights((64, 64, 4), (64, 64, 1), F32)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(_grads(lambda *x: cc.composite_cpp(*x, bins, 64, 64), (m2d, conics, opac, colors), weights))
+    finally:
+        torch.set_num_threads(before)
+    for outs, grads in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs + tuple(grads), results[0][0] + tuple(results[0][1])))
+
+
+def _scene3d(n: int, dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=gen, dtype=dtype) - 0.5) * torch.tensor([1.2, 1.2, 1.0], dtype=dtype)
+    quats = torch.randn(n, 4, generator=gen, dtype=dtype)
+    scales = 0.01 + 0.04 * torch.rand(n, 3, generator=gen, dtype=dtype)
+    opacities = 0.1 + 0.8 * torch.rand(n, generator=gen, dtype=dtype)
+    colors = torch.rand(n, 3, generator=gen, dtype=dtype)
+    viewmats = torch.eye(4, dtype=dtype).repeat(2, 1, 1)
+    viewmats[:, 2, 3] = 2.5
+    viewmats[1, :3, :3] = quat_to_rotmat(torch.tensor([0.96, 0.0, 0.28, 0.0], dtype=dtype))
+    Ks = torch.tensor([[80.0, 0, 32], [0, 80.0, 24], [0, 0, 1]], dtype=dtype).repeat(2, 1, 1)
+    return means, quats, scales, opacities, colors, viewmats, Ks
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_rasterize_cpp_backend_matches_torch_backend(dtype):
+    means, quats, scales, opac, colors, viewmats, Ks = _scene3d(400, dtype)
+    runs = {}
+    for backend in ("cpp", "torch"):
+        params = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
+        out = rasterize(*params, viewmats, Ks, 61, 45, backgrounds=torch.full((3,), 0.25, dtype=dtype),
+                        backend=backend)
+        assert out.info["backend"] == backend
+        w_rgb, w_alpha = _loss_weights(out.rgb.shape, out.alpha.shape, dtype, seed=3)
+        depth = torch.where(out.alpha > 0.5, out.depth, torch.zeros_like(out.depth))
+        ((out.rgb * w_rgb).sum() + (out.alpha * w_alpha).sum() + depth.mean()).backward()
+        runs[backend] = (out, [p.grad for p in params], out.info["means2d"].grad)
+    (ours, grads, m2d_grad), (ref, ref_grads, ref_m2d_grad) = runs["cpp"], runs["torch"]
+    assert float(ref.alpha.detach().max()) > 0.9 and float(ref.alpha.detach().min()) == 0.0
+    loose = dict(rtol=1e-9, atol=1e-10) if dtype == F64 else dict(rtol=1e-4, atol=1e-5)
+    for a, b in ((ours.rgb, ref.rgb), (ours.alpha, ref.alpha), (ours.depth, ref.depth)):
+        torch.testing.assert_close(a, b, **loose)
+    for name, a, b in zip(("means2d", "means", "quats", "scales", "opacities", "colors"),
+                          [m2d_grad] + grads, [ref_m2d_grad] + ref_grads):
+        scale = float(b.abs().max())
+        assert scale > 0, name
+        tol = dict(rtol=1e-8, atol=1e-10 * scale) if dtype == F64 else dict(rtol=1e-3, atol=1e-3 * scale)
+        torch.testing.assert_close(a, b, msg=name, **tol)
+
+
+def test_bad_bins_are_rejected():
+    m2d, conics, opac, colors, radii, depths = _scene(20, 20, 20, 1, F32)
+    bins = bin_gaussians(m2d, radii, depths, 20, 20, 16)
+    bad = bins._replace(flat_ids=bins.flat_ids.clone().fill_(20))
+    with pytest.raises(RuntimeError, match="out of range"):
+        cc.composite_cpp(m2d, conics, opac, colors, bad, 20, 20)
+    with pytest.raises(RuntimeError, match="cover"):
+        cc.composite_cpp(m2d, conics, opac, colors, bins, 40, 20)
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_cached_build_loads_fast_and_can_be_disabled():
+    probe = _python("""
+        import time
+        from vasa3d.gaussians import composite_cpp as cc
+        start = time.perf_counter(); ok = cc.is_available(); print(ok, time.perf_counter() - start)
+    """)
+    ok, seconds = probe.stdout.split()
+    assert ok == "True" and float(seconds) < 1.0, probe.stderr
+    assert "compiling" not in probe.stderr
+    off = _python("from vasa3d.gaussians import composite_cpp as cc; print(cc.is_available(), cc.unavailable_reason())",
+                  VASA3D_DISABLE_CPP="1")
+    assert off.stdout.strip() == "False disabled by VASA3D_DISABLE_CPP", off.stderr
+
+
+def test_failed_build_warns_and_falls_back(tmp_path):
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++\n")
+    probe = _python(f"""
+        import warnings
+        from pathlib import Path
+        from vasa3d.gaussians import composite_cpp as cc
+        from vasa3d.gaussians.render import resolve_backend
+        cc._SOURCE = Path({str(bad)!r})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            print(cc.is_available(), resolve_backend("auto", __import__("torch").device("cpu")))
+        print(caught[0].message)
+    """, VASA3D_EXT_DIR=str(tmp_path / "ext"))
+    lines = probe.stdout.splitlines()
+    assert lines[0] == "False torch", probe.stderr
+    assert "pure-torch" in lines[1] and "compiling" in probe.stderr

@@ -1,0 +1,86 @@
+"""Triangle binding, the Gaussian head and its .ply export."""
+
+import math
+
+import numpy as np
+import torch
+
+from vasa3d.face.template import load_template
+from vasa3d.gaussians.binding import bind_to_world, triangle_frames, world_to_local_points
+from vasa3d.gaussians.head import GaussianHead
+from vasa3d.gaussians.projection import quat_to_rotmat
+from vasa3d.systems.views import yaw_rotation
+
+
+def _small_head(n=3000):
+    template = load_template()
+    return GaussianHead(template.vertices, template.faces, num_gaussians=n, seed=1)
+
+
+def test_gaussians_follow_a_similarity_transform_of_the_mesh():
+    head = _small_head()
+    verts = head.vertices().detach()
+    g0 = head.world_gaussians(verts)
+    rot = yaw_rotation(35.0)[:3, :3] @ torch.tensor([[1, 0, 0], [0, math.cos(0.3), -math.sin(0.3)],
+                                                    [0, math.sin(0.3), math.cos(0.3)]])
+    moved = 1.7 * verts @ rot.T + torch.tensor([0.1, -0.2, 0.3])
+    g1 = head.world_gaussians(moved)
+    torch.testing.assert_close(g1["means"], 1.7 * g0["means"] @ rot.T + torch.tensor([0.1, -0.2, 0.3]),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g1["scales"], 1.7 * g0["scales"], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(quat_to_rotmat(g1["quats"]), rot @ quat_to_rotmat(g0["quats"]), atol=5e-5, rtol=1e-3)
+
+
+def test_world_to_local_inverts_binding():
+    head = _small_head(2000)
+    frames = triangle_frames(head.vertices().detach(), head.faces)
+    n = head.num_gaussians
+    points = torch.randn(n, 3) * 0.1
+    local = world_to_local_points(points, head.binding, frames)
+    quats = torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4)
+    means, _, _ = bind_to_world(local, quats, torch.ones(n, 3), head.binding, frames)
+    torch.testing.assert_close(means, points, atol=1e-6, rtol=1e-5)
+
+
+def test_initial_gaussians_cover_every_triangle_and_lie_on_the_surface():
+    head = _small_head()
+    assert head.num_gaussians >= head.faces.shape[0]
+    assert torch.equal(torch.unique(head.binding), torch.arange(head.faces.shape[0]))
+    assert head.splats["means"][:, 2].abs().max() < 1e-5  # in the triangle plane
+    assert not head.binding.requires_grad
+
+
+def test_front_render_shows_a_head():
+    head = _small_head()
+    viewmat = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1.0], [0, 0, 0, 1]])
+    K = torch.tensor([[200.0, 0, 48], [0, 200.0, 48], [0, 0, 1]])
+    out = head.render(viewmat[None], K[None], 96, 96, background=torch.ones(3), backend="torch")
+    alpha = out.alpha[0, ..., 0]
+    assert alpha[48, 48] > 0.99  # the face centre is covered
+    assert alpha[0, 0] < 0.01 and alpha[95, 0] < 0.01  # corners are background
+    assert 0.8 < float(out.depth[0, 48, 48, 0]) < 1.0  # nose is in front of the head centre (1 m away)
+
+
+def test_export_ply_has_the_3dgs_layout(tmp_path):
+    head = _small_head(2500)
+    path = head.export_ply(tmp_path / "head.ply")
+    raw = path.read_bytes()
+    header_end = raw.index(b"end_header\n") + len(b"end_header\n")
+    header = raw[:header_end].decode()
+    props = [line.split()[-1] for line in header.splitlines() if line.startswith("property")]
+    assert props[:3] == ["x", "y", "z"]
+    for name in ["f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                 "rot_0", "rot_1", "rot_2", "rot_3"]:
+        assert name in props
+    assert f"element vertex {head.num_gaussians}" in header
+    data = np.frombuffer(raw[header_end:], dtype="<f4").reshape(head.num_gaussians, len(props))
+    means = head.world_gaussians()["means"].detach().numpy()
+    np.testing.assert_allclose(data[:, :3], means, atol=1e-6)
+
+
+def test_resize_to_accepts_a_densified_state_dict():
+    head = _small_head(5000)
+    bigger = _small_head(6000)
+    head.resize_to(bigger.state_dict())
+    head.load_state_dict(bigger.state_dict())
+    assert head.num_gaussians == 6000

@@ -1,0 +1,76 @@
+"""Gaussians bound to mesh triangles (GaussianAvatars-style), independent of how the mesh deforms.
+
+Each Gaussian has a parent triangle and lives in that triangle's local frame: origin at
+the centroid, x along the first edge, z along the normal, and a uniform scale ``k`` (the
+mean edge length). Given any deformed vertex positions, :func:`bind_to_world` moves the
+Gaussians with their triangles: ``mean = R (k * local_mean) + centroid``, ``rotation =
+R * local_rotation``, ``scale = k * local_scale``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vasa3d.gaussians.projection import rotmat_to_quat
+
+
+class TriangleFrames(NamedTuple):
+    """Local frames of every triangle of a mesh."""
+
+    centroids: Tensor  # [F, 3]
+    rotations: Tensor  # [F, 3, 3] columns: edge direction, in-plane normal to it, face normal
+    scales: Tensor  # [F] mean edge length
+
+
+def triangle_frames(vertices: Tensor, faces: Tensor) -> TriangleFrames:
+    """Frames of ``faces [F, 3]`` on ``vertices [V, 3]`` (differentiable in the vertices)."""
+    v0, v1, v2 = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
+    e0, e1, e2 = v1 - v0, v2 - v1, v0 - v2
+    normal = F.normalize(torch.linalg.cross(e0, -e2, dim=-1), dim=-1, eps=1e-12)
+    axis_x = F.normalize(e0, dim=-1, eps=1e-12)
+    axis_y = torch.linalg.cross(normal, axis_x, dim=-1)
+    rotations = torch.stack([axis_x, axis_y, normal], dim=-1)
+    scales = (e0.norm(dim=-1) + e1.norm(dim=-1) + e2.norm(dim=-1)) / 3.0
+    return TriangleFrames((v0 + v1 + v2) / 3.0, rotations, scales)
+
+
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product of (w, x, y, z) quaternions ``[..., 4]``."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
+def bind_to_world(
+    local_means: Tensor,  # [N, 3] in units of the parent triangle's scale
+    local_quats: Tensor,  # [N, 4] (w, x, y, z)
+    local_scales: Tensor,  # [N, 3] activated, in units of the parent triangle's scale
+    binding: Tensor,  # [N] int64 parent triangle ids
+    frames: TriangleFrames,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """World means ``[N, 3]``, quats ``[N, 4]`` and scales ``[N, 3]`` of bound Gaussians."""
+    rot = frames.rotations[binding]
+    k = frames.scales[binding, None]
+    means = (rot @ (k * local_means)[..., None]).squeeze(-1) + frames.centroids[binding]
+    quats = quat_multiply(rotmat_to_quat(rot), F.normalize(local_quats, dim=-1))
+    return means, quats, k * local_scales
+
+
+def world_to_local_points(points: Tensor, binding: Tensor, frames: TriangleFrames) -> Tensor:
+    """Inverse of the mean transform of :func:`bind_to_world`: world ``[N, 3]`` to local ``[N, 3]``."""
+    rot = frames.rotations[binding]
+    rel = (points - frames.centroids[binding])[..., None]
+    return (rot.transpose(-1, -2) @ rel).squeeze(-1) / frames.scales[binding, None]
+

@@ -1,0 +1,5 @@
+"""LightningModules, one per training recipe."""
+
+from vasa3d.systems.subject_fitting import DivergenceError, SubjectFitting
+
+__all__ = ["DivergenceError", "SubjectFitting"]
