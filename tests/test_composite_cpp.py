@@ -69,6 +69,37 @@ def test_early_stop_on_a_pile_of_opaque_gaussians(dtype):
     torch.testing.assert_close(alpha, dense_alpha)
 
 
+@pytest.mark.parametrize("tile_size", [8, 16, 32])
+def test_awkward_gaussians_and_tile_sizes(tile_size):
+    """Thin rotated ellipses, opacities around 1/255, indefinite conics: the row culling is exact."""
+    width, height = 45, 38
+    m2d, conics, opac, colors, radii, depths = _scene(300, width, height, 21, F64)
+    gen = torch.Generator().manual_seed(4)
+    theta = torch.rand(300, generator=gen, dtype=F64) * 3.1416
+    sx, sy = 0.4 + 6 * torch.rand(300, generator=gen, dtype=F64), 0.3 + 0.3 * torch.rand(300, generator=gen, dtype=F64)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    cov = torch.stack([cos**2 * sx**2 + sin**2 * sy**2, cos * sin * (sx**2 - sy**2), sin**2 * sx**2 + cos**2 * sy**2], -1)
+    det = cov[:, 0] * cov[:, 2] - cov[:, 1] ** 2
+    conics = torch.stack([cov[:, 2] / det, -cov[:, 1] / det, cov[:, 0] / det], -1)
+    radii = torch.ceil(3.33 * torch.sqrt(torch.stack([cov[:, 0], cov[:, 2]], -1))).int()
+    opac[:40] = (1 / 255) * (0.9 + 0.2 * torch.rand(40, generator=gen, dtype=F64))
+    conics[40:50, 1] = 3 * conics[40:50, 0].abs().sqrt() * conics[40:50, 2].abs().sqrt()  # indefinite
+    bins = bin_gaussians(m2d, radii, depths, width, height, tile_size)
+    weights = _loss_weights((height, width, 4), (height, width, 1), F64)
+    inputs = (m2d, conics, opac, colors)
+    outs, grads = _grads(lambda *x: cc.composite_cpp(*x, bins, width, height), inputs, weights)
+    ref_outs, ref_grads = _grads(lambda *x: composite_torch(*x, bins, width, height), inputs, weights)
+    for ours, ref in zip(outs, ref_outs):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-11)
+    assert outs[1].max() > 0.5
+    for ours, ref in zip(grads, ref_grads):
+        # torch's where() turns exp(-sigma) = inf on the skipped sigma < 0 side into NaN gradients
+        # for the indefinite conics; ours stay finite there
+        finite = torch.isfinite(ref)
+        assert torch.isfinite(ours).all() and finite[:40].all() and finite[50:].all()
+        torch.testing.assert_close(ours[finite], ref[finite], rtol=1e-9, atol=1e-11 * float(ref[finite].abs().max()))
+
+
 def test_empty_scenes_render_nothing_and_backprop_zeros():
     m2d, conics, opac, colors, radii, depths = _scene(30, 33, 20, 2, F64)
     inputs = [t.clone().requires_grad_() for t in (m2d, conics, opac, colors)]

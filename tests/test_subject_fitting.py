@@ -46,7 +46,7 @@ class SyntheticPortrait(L.LightningDataModule):
 
 def _system(**overrides):
     args = dict(num_gaussians=5000, max_gaussians=5200, densify_start=4, densify_every=4, densify_stop=100,
-                densify_grad_threshold=1e-7, backend="torch", seed=0)
+                densify_grad_threshold=1e-7, seed=0)
     args.update(overrides)
     return SubjectFitting(**args)
 

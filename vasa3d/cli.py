@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in EXTRA_COMMANDS:
         return EXTRA_COMMANDS[args[0]](args[1:])
+    cli_args = None if argv is None else args  # LightningCLI reads sys.argv itself when given None
     VasaCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -53,6 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        args=args,
+        args=cli_args,
     )
     return 0

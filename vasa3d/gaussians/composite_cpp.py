@@ -32,8 +32,8 @@ __all__ = ["composite_cpp", "is_available", "load", "build_dir"]
 
 _NAME = "vasa3d_composite"
 _SOURCE = Path(__file__).with_name("csrc") / "composite.cpp"
-_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno", "-DNDEBUG"]
-_LDFLAGS = ["-fopenmp"]
+_CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-DNDEBUG")
+_LDFLAGS = ("-fopenmp",)
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"tried": False, "ok": False, "error": None}
@@ -82,10 +82,17 @@ def load() -> bool:
             torch.ops.vasa3d_composite.forward  # noqa: B018 - raises if the ops are missing
             _state["ok"] = True
         except Exception as exc:  # noqa: BLE001 - any failure means "use the torch path"
-            _state["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-            warnings.warn(f"vasa3d: the C++ Gaussian compositor is unavailable ({_state['error']}); "
-                          "using the slow pure-torch path instead", RuntimeWarning, stacklevel=2)
+            _state["error"] = f"{type(exc).__name__}: {_first_error(str(exc))}"
+            warnings.warn(f"vasa3d: the C++ Gaussian compositor is unavailable ({_state['error']}; build folder "
+                          f"{build_dir()}); using the slow pure-torch path instead", RuntimeWarning, stacklevel=2)
         return _state["ok"]
+
+
+def _first_error(message: str) -> str:
+    """The first compiler ``error:`` line of a build log, else its last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    return (errors or lines[-1:] or ["unknown error"])[0][:300]
 
 
 def _build(directory: Path) -> None:
@@ -93,7 +100,7 @@ def _build(directory: Path) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     print("vasa3d: compiling the CPU Gaussian compositor (first use, ~30 s)…", file=sys.stderr, flush=True)
-    load_extension(name=_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+    load_extension(name=_NAME, sources=[str(_SOURCE)], extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),
                    build_directory=str(directory), is_python_module=False, verbose=False)
 
 

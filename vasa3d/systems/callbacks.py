@@ -33,7 +33,7 @@ class TurntableWriter(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
-        sample = pl_module._first_sample()
+        sample = pl_module.reference_sample()
         size = self.size or sample["image"].shape[-1]
         views = pl_module.render_views(sample["viewmat"], sample["K"], size, self.yaws)
         out_dir = run_dir(trainer) / "turntable"

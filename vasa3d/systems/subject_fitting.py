@@ -125,9 +125,10 @@ class SubjectFitting(L.LightningModule):
         self.strategy_state = {k: (v.to(self.device) if isinstance(v, Tensor) else v)
                                for k, v in self.strategy_state.items()}
         if self.global_step == 0:
-            self.initialize_colors(self._first_sample())
+            self.initialize_colors(self.reference_sample())
 
-    def _first_sample(self) -> dict[str, Tensor]:
+    def reference_sample(self) -> dict[str, Tensor]:
+        """The datamodule's reference view (the portrait), on this module's device."""
         datamodule = getattr(self.trainer, "datamodule", None)
         sample = getattr(datamodule, "sample", None)
         if sample is None:

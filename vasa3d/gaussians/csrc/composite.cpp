@@ -7,7 +7,11 @@
 //
 // Layout: work is split by tiles (dynamic, longest lists first); inside a tile the
 // loop over Gaussians is outer and the loop over the tile's pixels is inner, on small
-// structure-of-arrays buffers, so that the compiler vectorises over pixels.
+// structure-of-arrays buffers, so that the compiler vectorises over pixels (float32:
+// a polynomial exp; masks as 0/1 values and ternary selects, a form GCC if-converts),
+// and only over the rows of the tile that the Gaussian can reach (see load_splat).
+// Per pixel the forward keeps the final transmittance and the end of the prefix of the
+// tile's list it used, so the backward walks only that prefix, back to front.
 // The backward writes one gradient row per (tile, Gaussian) entry of the bins and
 // sums the rows per Gaussian afterwards: race-free and independent of the thread count.
 //
@@ -30,8 +34,6 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -107,60 +109,91 @@ void tile_pixels(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<ui
   }
 }
 
+// One Gaussian's parameters, and the rows of a tile it can reach.
+template <typename S>
+struct Splat {
+  S mx, my, ca, cb, cc, op;
+  int64_t p0, p1;  // pixel range [p0, p1) of the tile (whole rows); empty if it reaches none
+};
+
+// Rows where the Gaussian can reach alpha >= 1/255: along a row the smallest sigma is
+// 0.5 dy^2 det / a, so rows with |dy| > sqrt(2 ln(opacity 255) a / det) are skipped, with a
+// margin far above float rounding so the kept pixels are exactly those the full test keeps.
+template <typename S>
+Splat<S> load_splat(const Scene<S>& sc, int64_t g, int64_t y0) {
+  Splat<S> sp{sc.means[2 * g], sc.means[2 * g + 1], sc.conics[3 * g], sc.conics[3 * g + 1],
+              sc.conics[3 * g + 2], sc.opac[g], 0, sc.ts * sc.ts};
+  const double a = sp.ca, b = sp.cb, c = sp.cc, det = a * c - b * b;
+  const double s_max = std::log(static_cast<double>(sp.op) / static_cast<double>(static_cast<S>(kAlphaMin)));
+  if (!(a > 0 && det > 0 && std::isfinite(s_max) && std::isfinite(static_cast<double>(sp.my)))) return sp;
+  if (s_max < -1e-3) {  // opacity < 1/255: reaches no pixel
+    sp.p1 = 0;
+    return sp;
+  }
+  const double reach = std::sqrt(2.0 * std::max(s_max, 0.0) * a / det) * (1.0 + 1e-3) + 1e-2;
+  const double lo = static_cast<double>(sp.my) - reach - 0.5 - static_cast<double>(y0);  // row centre = y0 + r + 0.5
+  const double hi = static_cast<double>(sp.my) + reach - 0.5 - static_cast<double>(y0);
+  const double top = static_cast<double>(sc.ts) + 1.0;  // clamp before casting: no overflow
+  const int64_t r0 = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(std::clamp(lo, -1.0, top))), 0, sc.ts);
+  const int64_t r1 = std::clamp<int64_t>(static_cast<int64_t>(std::floor(std::clamp(hi, -2.0, top))) + 1, r0, sc.ts);
+  sp.p0 = r0 * sc.ts, sp.p1 = r1 * sc.ts;
+  return sp;
+}
+
 template <typename S>
 void forward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<uint8_t>& inside,
                   S* out_c, S* out_a, S* out_t, int32_t* out_last) {
   using I = idx_t<S>;
   const int64_t ts = sc.ts, P = ts * ts, K = sc.k;
+  const int64_t x0 = (tile % sc.tiles_x) * ts, y0 = (tile / sc.tiles_x) * ts;
   tile_pixels(sc, tile, s, inside);
   S *px = s.px.data(), *py = s.py.data(), *T = s.trans.data(), *alive = s.alive.data();
   S *w = s.w.data(), *acc = s.acc.data();
   I* last = s.last.data();
-  int64_t n_alive = 0;
+  S n_alive = 0;
   for (int64_t p = 0; p < P; ++p) {
     T[p] = S(1), alive[p] = inside[p] ? S(1) : S(0), last[p] = 0;
-    n_alive += inside[p];
+    n_alive += alive[p];
   }
   std::fill(acc, acc + K * P, S(0));
   const S amax = S(kAlphaMax), amin = S(kAlphaMin), tmin = S(kTMin);
   const int64_t begin = sc.offsets[tile], len = sc.offsets[tile + 1] - begin;
-  for (int64_t j = 0; j < len && n_alive > 0; ++j) {  // tile-level early stop
+  for (int64_t j = 0; j < len && n_alive > S(0); ++j) {  // tile-level early stop
     const int64_t g = sc.ids[begin + j];
-    const S mx = sc.means[2 * g], my = sc.means[2 * g + 1];
-    const S ca = sc.conics[3 * g], cb = sc.conics[3 * g + 1], cc = sc.conics[3 * g + 2];
-    const S op = sc.opac[g];
+    const Splat<S> sp = load_splat(sc, g, y0);
+    const S mx = sp.mx, my = sp.my, ca = sp.ca, cb = sp.cb, cc = sp.cc, op = sp.op;
     const I jn = static_cast<I>(j + 1);
-    S wmax = 0, cnt = 0;
-#pragma omp simd reduction(max : wmax) reduction(+ : cnt)
-    for (int64_t p = 0; p < P; ++p) {
+    S wmax = 0, n_stop = 0;
+    // Masks are 0/1 values of S and selects are ternaries: this form vectorises with GCC.
+#pragma omp simd reduction(max : wmax) reduction(+ : n_stop)
+    for (int64_t p = sp.p0; p < sp.p1; ++p) {
       const S dx = px[p] - mx, dy = py[p] - my;
       const S sigma = S(0.5) * (ca * (dx * dx) + cc * (dy * dy)) + cb * dx * dy;
-      const S alpha = std::min(amax, op * exp_s(-sigma));
+      const S a0 = op * exp_s(-sigma);
+      const S alpha = a0 < amax ? a0 : amax;
       const S t = T[p], nt = t * (S(1) - alpha);
-      const bool use = (alive[p] > S(0)) & (sigma >= S(0)) & (alpha >= amin);
-      const bool stop = use & (nt <= tmin);
-      const bool add = use & !stop;
-      const S wt = add ? alpha * t : S(0);
+      const S m_use = (sigma >= S(0) && alpha >= amin) ? alive[p] : S(0);
+      const S m_stop = nt <= tmin ? m_use : S(0);  // would end the pixel: not added
+      const S m_add = m_use - m_stop;
+      const S wt = m_add * (alpha * t);
       w[p] = wt;
-      T[p] = add ? nt : t;
-      last[p] = add ? jn : last[p];
-      const S al = stop ? S(0) : alive[p];
-      alive[p] = al;
-      cnt += al;
-      wmax = std::max(wmax, wt);
+      T[p] = m_add > S(0) ? nt : t;
+      last[p] = m_add > S(0) ? jn : last[p];
+      alive[p] -= m_stop;
+      n_stop += m_stop;
+      wmax = wt > wmax ? wt : wmax;
     }
-    n_alive = static_cast<int64_t>(cnt);
+    n_alive -= n_stop;
     if (wmax > S(0)) {
       const S* col = sc.colors + g * K;
       for (int64_t k = 0; k < K; ++k) {
         const S ck = col[k];
         S* a = acc + k * P;
 #pragma omp simd
-        for (int64_t p = 0; p < P; ++p) a[p] += w[p] * ck;
+        for (int64_t p = sp.p0; p < sp.p1; ++p) a[p] += w[p] * ck;
       }
     }
   }
-  const int64_t x0 = (tile % sc.tiles_x) * ts, y0 = (tile / sc.tiles_x) * ts;
   for (int64_t p = 0; p < P; ++p) {
     if (!inside[p]) continue;
     const int64_t pix = (y0 + p / ts) * sc.width + x0 + p % ts;
@@ -179,12 +212,12 @@ void backward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<
                    const S* v_c, const S* v_a, const S* t_final, const int32_t* last_in, S* rows) {
   using I = idx_t<S>;
   const int64_t ts = sc.ts, P = ts * ts, K = sc.k, Q = kRowFixed + K;
+  const int64_t x0 = (tile % sc.tiles_x) * ts, y0 = (tile / sc.tiles_x) * ts;
   tile_pixels(sc, tile, s, inside);
   S *px = s.px.data(), *py = s.py.data(), *T = s.trans.data(), *w = s.w.data();
   S *tf = s.tf.data(), *va = s.va.data(), *vo = s.vo.data(), *buf = s.buf.data();
   S *ra = s.ra.data(), *va_g = s.va_g.data(), *vis = s.vis.data();
   I* last = s.last.data();
-  const int64_t x0 = (tile % sc.tiles_x) * ts, y0 = (tile / sc.tiles_x) * ts;
   I max_last = 0;
   for (int64_t p = 0; p < P; ++p) {
     const int64_t pix = (y0 + p / ts) * sc.width + x0 + p % ts;
@@ -202,26 +235,26 @@ void backward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<
   const S amax = S(kAlphaMax), amin = S(kAlphaMin);
   for (int64_t j = static_cast<int64_t>(max_last) - 1; j >= 0; --j) {  // back to front
     const int64_t g = sc.ids[begin + j];
-    const S mx = sc.means[2 * g], my = sc.means[2 * g + 1];
-    const S ca = sc.conics[3 * g], cb = sc.conics[3 * g + 1], cc = sc.conics[3 * g + 2];
-    const S op = sc.opac[g];
+    const Splat<S> sp = load_splat(sc, g, y0);
+    const S mx = sp.mx, my = sp.my, ca = sp.ca, cb = sp.cb, cc = sp.cc, op = sp.op;
     const I jj = static_cast<I>(j);
     S* row = rows + (begin + j) * Q;
     S n_use = 0;
 #pragma omp simd reduction(+ : n_use)
-    for (int64_t p = 0; p < P; ++p) {
+    for (int64_t p = sp.p0; p < sp.p1; ++p) {
       const S dx = px[p] - mx, dy = py[p] - my;
       const S sigma = S(0.5) * (ca * (dx * dx) + cc * (dy * dy)) + cb * dx * dy;
-      const S e = exp_s(-sigma), a0 = op * e, alpha = std::min(amax, a0);
-      const bool use = (jj < last[p]) & (sigma >= S(0)) & (alpha >= amin);
+      const S e = exp_s(-sigma), a0 = op * e;
+      const S alpha = a0 < amax ? a0 : amax;
+      const S m = jj < last[p] ? ((sigma >= S(0) && alpha >= amin) ? S(1) : S(0)) : S(0);
       const S r = S(1) / (S(1) - alpha);
-      const S t = use ? T[p] * r : T[p];  // transmittance in front of this Gaussian
+      const S t = m > S(0) ? T[p] * r : T[p];  // transmittance in front of this Gaussian
       T[p] = t;
-      ra[p] = use ? r : S(0);
-      w[p] = use ? alpha * t : S(0);
-      va_g[p] = use ? va[p] * tf[p] * r : S(0);  // d(1 - T_final) / d alpha
-      vis[p] = (use & (a0 <= amax)) ? e : S(0);  // 0 where alpha is clamped: no gradient
-      n_use += use ? S(1) : S(0);
+      ra[p] = m * r;
+      w[p] = m * (alpha * t);
+      va_g[p] = m * (va[p] * tf[p] * r);  // d(1 - T_final) / d alpha
+      vis[p] = a0 <= amax ? m * e : S(0);  // 0 where alpha is clamped: no gradient
+      n_use += m;
     }
     if (n_use == S(0)) {
       std::fill(row, row + Q, S(0));
@@ -234,7 +267,7 @@ void backward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<
       const S* vk = vo + k * P;
       S v_col = 0;
 #pragma omp simd reduction(+ : v_col)
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = sp.p0; p < sp.p1; ++p) {
         v_col += w[p] * vk[p];
         va_g[p] += ra[p] > S(0) ? (ck * T[p] - bk[p] * ra[p]) * vk[p] : S(0);
         bk[p] += w[p] * ck;  // colour behind, for the Gaussians in front
@@ -243,7 +276,7 @@ void backward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<
     }
     S vmx = 0, vmy = 0, vca = 0, vcb = 0, vcc = 0, vop = 0;
 #pragma omp simd reduction(+ : vmx, vmy, vca, vcb, vcc, vop)
-    for (int64_t p = 0; p < P; ++p) {
+    for (int64_t p = sp.p0; p < sp.p1; ++p) {
       const S dx = px[p] - mx, dy = py[p] - my;
       const S vg = vis[p] * va_g[p];
       const S v_sigma = -op * vg;
@@ -273,7 +306,9 @@ void for_each_busy_tile(const Scene<S>& sc, bool backward, Fn&& fn) {
   const int64_t n_busy = static_cast<int64_t>(order.size());
   if (n_busy == 0) return;
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_busy));
+  // Small scenes run inline: waking threads would cost more than it saves.
+  const bool small = sc.m * sc.ts * sc.ts < (int64_t{1} << 18);
+  const int64_t workers = small ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_busy));
   at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
     Scratch<S> s(sc.ts * sc.ts, sc.k, backward);
     std::vector<uint8_t> inside(sc.ts * sc.ts);
