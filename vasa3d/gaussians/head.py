@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vasa3d.gaussians.binding import bind_to_world, triangle_frames, world_to_local_points
@@ -134,6 +135,37 @@ class GaussianHead(nn.Module):
             self.splats["colors"].copy_(logits)
         else:
             self.splats["colors"][mask] = logits[mask]
+
+    @torch.no_grad()
+    def paint_from_image(
+        self,
+        image: Tensor,  # [3, H, W] in [0, 1]
+        mask: Tensor,  # [1, H, W] where the image shows the head
+        viewmat: Tensor,  # [4, 4]
+        K: Tensor,  # [3, 3]
+        vertices: Tensor | None = None,  # [V, 3]
+        min_facing: float = 0.3,
+    ) -> Tensor:
+        """Colour each Gaussian from ``image`` where its triangle faces the camera and ``mask`` is set;
+        every other Gaussian takes the colour of its nearest painted one. Returns the painted ``[N]`` mask."""
+        g = self.world_gaussians(vertices)
+        verts = self.vertices() if vertices is None else vertices
+        cam_points = g["means"] @ viewmat[:3, :3].T + viewmat[:3, 3]
+        pix = cam_points @ K.T
+        pix = pix[:, :2] / pix[:, 2:3].clamp(min=1e-6)
+        tri = verts[self.faces[self.binding]]
+        normals = F.normalize(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1), dim=-1)
+        facing = ((normals @ viewmat[:3, :3].T) * F.normalize(cam_points, dim=-1)).sum(-1) < -min_facing
+        size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=pix.dtype, device=pix.device)
+        grid = (pix / size * 2 - 1)[None, None]  # [1, 1, N, 2] in [-1, 1]
+        rgb = F.grid_sample(image[None], grid, align_corners=False)[0, :, 0].T
+        inside = F.grid_sample(mask[None], grid, align_corners=False)[0, 0, 0] > 0.5
+        painted = facing & inside
+        if painted.any():
+            nearest = torch.cat([torch.cdist(chunk, g["means"][painted]).argmin(dim=1)
+                                 for chunk in g["means"].split(4096)])
+            self.set_colors(torch.where(painted[:, None], rgb, rgb[painted][nearest]))
+        return painted
 
     def resize_to(self, state_dict: dict[str, Tensor], prefix: str = "") -> None:
         """Give the splat tensors the sizes found in ``state_dict`` (before loading a densified checkpoint)."""

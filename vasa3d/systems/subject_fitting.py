@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import remove
 from torch import Tensor
@@ -24,7 +23,7 @@ from vasa3d.gaussians.head import PARAM_NAMES, GaussianHead
 from vasa3d.gaussians.render import Backend
 from vasa3d.losses import (
     binding_regularizer, dssim, face_adjacency, landmark_reprojection, laplacian_smoothness, masked_l1, mesh_edges,
-    neighbour_color_smoothness, project_points, scale_regularizer)
+    neighbour_color_smoothness, scale_regularizer)
 from vasa3d.systems.views import yaw_viewmats
 
 
@@ -137,24 +136,8 @@ class SubjectFitting(L.LightningModule):
 
     @torch.no_grad()
     def initialize_colors(self, sample: dict[str, Tensor]) -> None:
-        """Colour each Gaussian from the photo where it faces the camera; the rest from its nearest coloured one."""
-        g = self.head.world_gaussians()
-        size = sample["image"].shape[-1]
-        pix = project_points(g["means"], sample["viewmat"], sample["K"])
-        cam_points = g["means"] @ sample["viewmat"][:3, :3].T + sample["viewmat"][:3, 3]
-        verts = self.head.vertices()
-        tri = verts[self.head.faces[self.head.binding]]
-        normals = F.normalize(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1), dim=-1)
-        facing = ((normals @ sample["viewmat"][:3, :3].T) * F.normalize(cam_points, dim=-1)).sum(-1) < -0.3
-        grid = (pix / size * 2 - 1)[None, None]  # [1, 1, N, 2] in [-1, 1]
-        rgb = F.grid_sample(sample["image"][None], grid, align_corners=False)[0, :, 0].T
-        inside = F.grid_sample(sample["region"][None] * sample["mask"][None], grid, align_corners=False)[0, 0, 0] > 0.5
-        seen = facing & inside
-        if seen.sum() == 0:
-            return
-        nearest = torch.cat([torch.cdist(chunk, g["means"][seen]).argmin(dim=1)
-                             for chunk in g["means"].split(4096)])
-        self.head.set_colors(torch.where(seen[:, None], rgb, rgb[seen][nearest]))
+        """Colour the Gaussians from the reference photo (see :meth:`GaussianHead.paint_from_image`)."""
+        self.head.paint_from_image(sample["image"], sample["region"] * sample["mask"], sample["viewmat"], sample["K"])
 
     # ----------------------------------------------------------------- training
     def render_batch(self, batch: dict[str, Tensor]):

@@ -1,0 +1,56 @@
+"""The built-in teacher: deterministic, driven by the latent, and its frames show what it claims."""
+
+import pytest
+import torch
+from skimage import data
+
+from vasa3d.face import analyze_portrait
+from vasa3d.motion.rig import CONTROL_NAMES, NUM_CONTROLS, latent_from_controls
+from vasa3d.teachers import MeshLiftTeacher, Teacher
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    return analyze_portrait(data.astronaut(), crop_size=128)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return MeshLiftTeacher(num_gaussians=6000, identity_steps=60, refine_steps=10)
+
+
+def _clip():
+    controls = torch.zeros(4, NUM_CONTROLS)
+    controls[1, CONTROL_NAMES.index("jaw_open")] = 1.0
+    controls[2, CONTROL_NAMES.index("blink_left")] = 1.0
+    controls[2, CONTROL_NAMES.index("blink_right")] = 1.0
+    pose = torch.zeros(4, 6)
+    pose[3, 1] = 0.5  # yaw
+    return latent_from_controls(controls, pose, dim=16, gaze=torch.zeros(4, 2))
+
+
+def test_teacher_follows_the_protocol_and_is_deterministic(portrait, teacher):
+    assert isinstance(teacher, Teacher)
+    first = teacher.generate(portrait, _clip())
+    again = MeshLiftTeacher(num_gaussians=6000, identity_steps=60, refine_steps=10).generate(portrait, _clip())
+    assert first.frames.shape == (4, 3, 128, 128) and first.masks.shape == (4, 1, 128, 128)
+    assert first.landmarks.shape == (4, 478, 2)
+    torch.testing.assert_close(first.frames, again.frames)
+
+
+def test_latent_drives_the_frames_and_landmarks(portrait, teacher):
+    out = teacher.generate(portrait, _clip())
+    neutral, jaw, blink, turned = out.frames
+    lm = out.landmarks
+    mouth = (slice(None), slice(75, 110), slice(45, 85))
+    assert (jaw - neutral)[mouth].abs().mean() > 0.03  # the mouth opened
+    assert (lm[1, 17, 1] - lm[0, 17, 1]) > 3  # lower-lip centre (landmark 17) moved down by > 3 px
+    assert (blink - neutral).abs().mean() > 0.002 and (lm[2, 159, 1] - lm[0, 159, 1]) > 1  # upper lid came down
+    assert (lm[3, 1, 0] - lm[0, 1, 0]).abs() > 5  # the nose tip moved sideways with the yaw
+    assert (turned - neutral).abs().mean() > 0.02
+
+
+def test_teacher_rejects_a_batch_of_clips(portrait, teacher):
+    clip = _clip()
+    with pytest.raises(ValueError, match="clip"):
+        teacher.generate(portrait, type(clip).stack([clip, clip]))

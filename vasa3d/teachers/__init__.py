@@ -1,0 +1,6 @@
+"""Teachers: 2D generators that animate one portrait by motion latents (built-in or plugged in)."""
+
+from vasa3d.teachers.base import Teacher, TeacherOutput
+from vasa3d.teachers.mesh_lift import MeshLiftTeacher
+
+__all__ = ["MeshLiftTeacher", "Teacher", "TeacherOutput"]
