@@ -54,3 +54,31 @@ def test_teacher_rejects_a_batch_of_clips(portrait, teacher):
     clip = _clip()
     with pytest.raises(ValueError, match="clip"):
         teacher.generate(portrait, type(clip).stack([clip, clip]))
+
+
+def test_video_folder_teacher_reads_latents_off_recorded_frames(portrait, teacher, tmp_path):
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from vasa3d.teachers.video_folder import VideoFolderTeacher
+
+    shown = teacher.generate(portrait, _clip())
+    height, width = portrait.image.shape[:2]
+    to_image = cv2.invertAffineTransform(portrait.crop_affine.astype(np.float64))
+    for t, frame in enumerate(shown.frames):
+        crop = (frame.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(cv2.warpAffine(crop, to_image, (width, height), borderValue=(255, 255, 255))).save(
+            tmp_path / f"frame_{t:04d}.png")
+    video = VideoFolderTeacher(str(tmp_path), latent_dim=16)
+    first = video.generate(portrait, _clip()[:2])
+    second = video.generate(portrait, _clip()[:2])
+    assert first.frames.shape == (2, 3, 128, 128) and len(first.latents) == 2
+    jaw = CONTROL_NAMES.index("jaw_open")
+    assert first.latents.dyn[1, jaw] > first.latents.dyn[0, jaw] + 0.15  # the open mouth is read off the frame
+    blinks = [CONTROL_NAMES.index("blink_left"), CONTROL_NAMES.index("blink_right")]
+    assert second.latents.dyn[0, blinks].max() > 0.5  # frame 2 has closed eyes
+    yaw_sign = torch.sign(second.latents.pose[1, 1] - first.latents.pose[0, 1])
+    assert yaw_sign == 1 and abs(float(second.latents.pose[1, 1]) - 0.5) < 0.15
+    with pytest.raises(ValueError, match="cannot supply"):
+        video.generate(portrait, _clip()[:2])

@@ -9,9 +9,9 @@ the template (or an identity-shaped copy of it, template frame, metres):
 - ``smile_*``, ``lip_pucker``, ``lip_stretch``, ``upper_lip_raise``, ``lower_lip_depress``,
   ``brow_raise_*``, ``brow_frown`` add smooth displacement fields (a few mm to ~1 cm at 1.0);
 - ``blink_*`` bring the upper-lid contour down onto the lower lid (1.0 = closed); the skin above
-  and the eye cap follow.
-Eye caps and the mouth pocket always follow their rim, so the lids cover the eyes and an open
-mouth shows its inside. Amplitudes scale with the face (inter-ocular distance vs the template's).
+  follows, the eye cap (the eyeball) stays, sinking 2 mm, so the closed lid covers it.
+The mouth pocket (and the eye caps, under the fields) follow their rim, so an open mouth shows its
+inside. Amplitudes scale with the face (inter-ocular distance of the vertices vs the template's).
 Gaze ``(yaw, pitch)`` in radians turns the iris points about each eyeball centre: yaw > 0 looks
 toward the subject's left (+x), pitch > 0 looks down, as the head pose does.
 
@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 from mediapipe.python.solutions import face_mesh_connections as fmc
+from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from vasa3d.face.template import HeadTemplate, load_template
@@ -58,8 +59,7 @@ OVAL_SIDES = (234, 454)
 def _adjacency(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     adj = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(num_vertices,) * 2).tocsr()
-    adj = ((adj + adj.T) > 0).astype(np.float64)
-    return adj.tocsr()
+    return ((adj + adj.T) > 0).astype(np.float64).tocsr()
 
 
 def _harmonic(adj: sp.csr_matrix, fixed: np.ndarray, values: np.ndarray, free: np.ndarray) -> np.ndarray:
@@ -142,13 +142,18 @@ def _gauss(points: np.ndarray, centre: np.ndarray, sigma: float | np.ndarray) ->
 
 
 def _build_rig(template: HeadTemplate) -> dict[str, np.ndarray]:
-    """All the rig's fixed arrays, computed from the template."""
+    """The rig's fixed arrays, from the template: ``fields [9, V, 3]`` (metres at control 1),
+    ``jaw_weights [V]``, ``neck_weights [V]``, per eye ``blink_* [V, n]`` (harmonic influence of the n
+    upper-lid points), ``blink_sink_* [V, 3]``, ``lid_upper_*`` / ``lid_lower_* [n]`` (paired lid points),
+    ``eye_centre_from_anchor [2, 3]``, ``iris_from_centre [2, 5, 3]`` (right eye first),
+    ``hinge_from_sides [3]`` and ``interocular []`` (template metres)."""
     verts = template.vertices.astype(np.float64)
     num = len(verts)
     adj = _adjacency(template.faces, num)
     n_lm = template.num_landmark_vertices
     x, y, z = verts.T
     out: dict[str, np.ndarray] = {}
+    partner = cKDTree(verts).query(verts * [-1.0, 1.0, 1.0])[1]  # mirror image (exact on the face)
 
     # --- lips: upper / lower / corners, split by the inner lip contour's mid-line
     rim = set(np.flatnonzero(template.region_vertex_mask("mouth_interior")[:n_lm]).tolist())  # inner lip contour
@@ -192,6 +197,7 @@ def _build_rig(template: HeadTemplate) -> dict[str, np.ndarray]:
     jaw = np.zeros(num)
     jaw[ones] = 1.0
     jaw[free] = _harmonic(adj, fixed, jaw[fixed, None], free)[:, 0]
+    jaw = 0.5 * (jaw + jaw[partner])  # mediapipe's triangulation is not quite mirror-symmetric
     out["jaw_weights"] = np.clip(follow_caps(jaw), 0.0, 1.0)  # the upper pocket stays, the lower one opens
 
     # --- linear displacement fields, [9, V, 3] for controls 1..9, template metres at control = 1
@@ -227,17 +233,18 @@ def _build_rig(template: HeadTemplate) -> dict[str, np.ndarray]:
         fields[8] += frown[:, None] * [-0.0035 * side, -0.004, 0.001]
     out["fields"] = np.stack([follow_caps(f) for f in fields])
 
-    # --- blinks: the upper-lid contour goes onto the lower lid; harmonic fall-off above, caps follow
+    # --- blinks: the upper-lid contour goes onto the lower lid, the skin above follows harmonically;
+    # the eye cap (the eyeball) stays, sinking a little, so the lid closes in front of it
     for name, contour in (("left", fmc.FACEMESH_LEFT_EYE), ("right", fmc.FACEMESH_RIGHT_EYE)):
         upper, lower, corners = _contour_chains(contour, verts)
         if len(upper) != len(lower):
             raise RuntimeError(f"the {name} eye contour has {len(upper)} upper and {len(lower)} lower lid points")
         cap = np.flatnonzero(template.region_vertex_mask(f"{name}_eye"))
         brow = np.array(sorted({v for e in getattr(fmc, f"FACEMESH_{name.upper()}_EYEBROW") for v in e}))
-        # The eye cap (the eyeball) stays, sinking a little: the lid slides down in front of it.
-        region = _neighbourhood(adj, np.array(upper), 3)
-        region = region[region < n_lm]
-        boundary = region[np.asarray(adj[region][:, np.setdiff1d(np.arange(num), region)].sum(axis=1)).ravel() > 0]
+        face_adj = adj[:n_lm][:, :n_lm]
+        region = _neighbourhood(face_adj, np.array(upper), 3)
+        outside = np.setdiff1d(np.arange(n_lm), region)
+        boundary = region[np.asarray(face_adj[region][:, outside].sum(axis=1)).ravel() > 0]
         fixed_zero = np.union1d(np.union1d(boundary, lower + list(corners)), np.intersect1d(region, brow))
         fixed_zero = np.setdiff1d(fixed_zero, upper)
         fixed = np.concatenate([upper, fixed_zero])
@@ -251,6 +258,10 @@ def _build_rig(template: HeadTemplate) -> dict[str, np.ndarray]:
         sink[cap[cap >= n_lm], 2] = -EYE_CAP_SINK_M
         out[f"blink_sink_{name}"] = sink
         out[f"lid_upper_{name}"], out[f"lid_lower_{name}"] = np.array(upper), np.array(lower)
+    # Symmetrise the two lids' influences (the face triangulation is not quite mirror-symmetric).
+    order = [list(out["lid_upper_right"]).index(partner[v]) for v in out["lid_upper_left"]]
+    left = 0.5 * (out["blink_left"] + out["blink_right"][partner][:, order])
+    out["blink_left"], out["blink_right"] = left, left[partner][:, np.argsort(order)]
 
     # --- eyes, hinge and neck
     iris = template.iris_points.astype(np.float64)
@@ -278,8 +289,7 @@ def gaze_rotation(gaze: Tensor) -> Tensor:
     """Eye rotations ``[..., 3, 3]`` from gaze ``[..., 2]`` (yaw, pitch; radians): ``Ry(yaw) @ Rx(pitch)``."""
     yaw, pitch = gaze.unbind(-1)
     cy, sy, cp, sp = torch.cos(yaw), torch.sin(yaw), torch.cos(pitch), torch.sin(pitch)
-    zero = torch.zeros_like(yaw)
-    # Ry(yaw) @ Rx(pitch), written out: +z turns toward +x with yaw and toward -y with pitch.
+    zero = torch.zeros_like(yaw)  # written out: +z turns toward +x with yaw and toward -y with pitch
     return torch.stack([cy, sy * sp, sy * cp, zero, cp, -sp, -sy, cy * sp, cy * cp], -1).reshape(yaw.shape + (3, 3))
 
 
@@ -298,25 +308,11 @@ class ExpressionRig(nn.Module):
         self.num_vertices: int = len(template.vertices)
         self.num_landmark_vertices: int = template.num_landmark_vertices
 
-        def buffer(name: str, value: np.ndarray, dtype: torch.dtype = torch.float32) -> None:
+        arrays.update(template_vertices=template.vertices, jaw_glide=JAW_GLIDE_M, lid_overlap=LID_OVERLAP_M,
+                      neck_ids=np.flatnonzero(arrays["neck_weights"] < 1.0))
+        for name, value in arrays.items():  # derived from the template: not saved with a checkpoint
+            dtype = torch.int64 if name.startswith(("lid_upper", "lid_lower", "neck_ids")) else torch.float32
             self.register_buffer(name, torch.tensor(np.array(value), dtype=dtype), persistent=False)
-
-        buffer("template_vertices", template.vertices)
-        buffer("fields", arrays["fields"])  # [9, V, 3] template metres at control 1
-        buffer("jaw_weights", arrays["jaw_weights"])  # [V]
-        buffer("neck_weights", arrays["neck_weights"])  # [V]
-        buffer("neck_ids", np.flatnonzero(arrays["neck_weights"] < 1.0), torch.int64)
-        for eye in ("left", "right"):
-            buffer(f"blink_{eye}", arrays[f"blink_{eye}"])  # [V, n] harmonic influence of the upper lid
-            buffer(f"blink_sink_{eye}", arrays[f"blink_sink_{eye}"])  # [V, 3] metres at blink 1
-            buffer(f"lid_upper_{eye}", arrays[f"lid_upper_{eye}"], torch.int64)
-            buffer(f"lid_lower_{eye}", arrays[f"lid_lower_{eye}"], torch.int64)
-        buffer("eye_centre_from_anchor", arrays["eye_centre_from_anchor"])  # [2, 3] right, left
-        buffer("iris_from_centre", arrays["iris_from_centre"])  # [2, 5, 3]
-        buffer("hinge_from_sides", arrays["hinge_from_sides"])  # [3]
-        buffer("interocular", arrays["interocular"])  # []
-        buffer("jaw_glide", JAW_GLIDE_M)  # [3] metres at jaw_open = 1
-        buffer("lid_overlap", LID_OVERLAP_M)  # [3] metres
 
     # ------------------------------------------------------------ geometry of a face
     def _check(self, vertices: Tensor, what: str, rows: tuple[int, ...]) -> None:
@@ -354,20 +350,25 @@ class ExpressionRig(nn.Module):
         if controls.shape[-1] != self.num_controls:
             raise ValueError(f"ExpressionRig: controls must be [..., {self.num_controls}] ({', '.join(CONTROL_NAMES)}), "
                              f"got {tuple(controls.shape)}")
-        count = vertices.shape[-2]
         controls = controls.to(vertices.dtype)
-        scale = self.face_scale(vertices)
-        offsets = torch.einsum("...k,kvc->...vc", controls[..., list(LINEAR_CONTROLS)], self.fields[:, :count]) * scale
-        for eye, index in (("left", BLINK_LEFT), ("right", BLINK_RIGHT)):
-            lid_gap = vertices[..., getattr(self, f"lid_lower_{eye}"), :] - vertices[..., getattr(self, f"lid_upper_{eye}"), :]
-            lid_motion = getattr(self, f"blink_{eye}")[:count] @ (lid_gap + scale * self.lid_overlap)
-            lid_motion = lid_motion + scale * getattr(self, f"blink_sink_{eye}")[:count]
-            offsets = offsets + controls[..., index, None, None] * lid_motion
-        moved = vertices + offsets
-        return self._rotate_jaw(moved, vertices, controls[..., JAW] * JAW_MAX_ANGLE)
+        fields = self.fields[:, : vertices.shape[-2]]
+        offsets = torch.einsum("...k,kvc->...vc", controls[..., list(LINEAR_CONTROLS)], fields) * self.face_scale(vertices)
+        lids = torch.einsum("...e,...evc->...vc", controls[..., [BLINK_LEFT, BLINK_RIGHT]], self.blink_motion(vertices))
+        return self.rotate_jaw(vertices + offsets + lids, vertices, controls[..., JAW] * JAW_MAX_ANGLE)
 
-    def _rotate_jaw(self, moved: Tensor, vertices: Tensor, angle: Tensor) -> Tensor:
-        """Rotate ``moved [..., N, 3]`` by ``angle [...]`` (radians) about the hinge of ``vertices``, jaw-weighted."""
+    def blink_motion(self, vertices: Tensor) -> Tensor:
+        """``[..., 2, N, 3]`` vertex motion that closes the (left, right) eye of ``vertices [..., N, 3]``."""
+        scale = self.face_scale(vertices)
+        motions = []
+        for eye in ("left", "right"):
+            lid_gap = vertices[..., getattr(self, f"lid_lower_{eye}"), :] - vertices[..., getattr(self, f"lid_upper_{eye}"), :]
+            motion = getattr(self, f"blink_{eye}")[: vertices.shape[-2]] @ (lid_gap + scale * self.lid_overlap)
+            motions.append(motion + scale * getattr(self, f"blink_sink_{eye}")[: vertices.shape[-2]])
+        return torch.stack(motions, dim=-3)
+
+    def rotate_jaw(self, moved: Tensor, vertices: Tensor, angle: Tensor) -> Tensor:
+        """Open the jaw of ``moved [..., N, 3]`` by ``angle [...]`` (radians) about the hinge of ``vertices``
+        (jaw-weighted, with the condyle's glide); ``angle = jaw_open * JAW_MAX_ANGLE``."""
         hinge = self.hinge(vertices)
         glide = (angle / JAW_MAX_ANGLE)[..., None, None] * self.face_scale(vertices) * self.jaw_glide
         jawed = (moved - hinge) @ _rotation_x(angle).transpose(-1, -2) + hinge + glide
@@ -391,12 +392,13 @@ class ExpressionRig(nn.Module):
         face = self._deform(vertices[..., : self.num_landmark_vertices, :], controls)
         return torch.cat([face, self.iris(face, gaze)], dim=-2)
 
-    def pose(self, vertices: Tensor, pose: Tensor, neck_blend: bool = True) -> Tensor:
+    def pose(self, vertices: Tensor, pose: Tensor, neck_blend: bool = True, neck_weights: Tensor | None = None) -> Tensor:
         """Pose ``vertices [..., V, 3]`` with ``pose [..., 6]`` (``MotionLatent.pose``: axis-angle about the
         head centre, the template origin, then a translation in metres).
 
         With ``neck_blend`` the neck turns by a fraction of the rotation that falls smoothly to 0 at its
         base, so the neck bends instead of the whole body turning; the translation moves everything.
+        ``neck_weights [n]`` overrides those fractions for the vertices ``neck_ids``.
         """
         self._check(vertices, "pose", (self.num_vertices,))
         if pose.shape[-1] != 6:
@@ -406,12 +408,8 @@ class ExpressionRig(nn.Module):
         posed = vertices @ axis_angle_to_matrix(rotvec).transpose(-1, -2) + translation
         if not neck_blend:
             return posed
-        return self._blend_neck(posed, vertices, rotvec, translation, self.neck_weights[self.neck_ids])
-
-    def _blend_neck(self, posed: Tensor, vertices: Tensor, rotvec: Tensor, translation: Tensor,
-                    weights: Tensor) -> Tensor:
-        """Replace the neck rows of ``posed`` by vertices turned by ``weights [n]`` times ``rotvec``."""
         ids = self.neck_ids
+        weights = self.neck_weights[ids] if neck_weights is None else neck_weights
         partial = axis_angle_to_matrix(rotvec[..., None, :] * weights[:, None])  # [..., n, 3, 3]
         neck = (partial @ vertices[..., ids, :, None]).squeeze(-1) + translation
         posed = posed.expand(torch.broadcast_shapes(posed.shape, neck.shape[:-2] + posed.shape[-2:])).clone()

@@ -1,5 +1,6 @@
 """LightningModules, one per training recipe."""
 
+from vasa3d.systems.latent_distillation import LatentDistillation
 from vasa3d.systems.subject_fitting import DivergenceError, SubjectFitting
 
-__all__ = ["DivergenceError", "SubjectFitting"]
+__all__ = ["DivergenceError", "LatentDistillation", "SubjectFitting"]

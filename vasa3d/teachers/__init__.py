@@ -2,5 +2,6 @@
 
 from vasa3d.teachers.base import Teacher, TeacherOutput
 from vasa3d.teachers.mesh_lift import MeshLiftTeacher
+from vasa3d.teachers.video_folder import VideoFolderTeacher
 
-__all__ = ["MeshLiftTeacher", "Teacher", "TeacherOutput"]
+__all__ = ["MeshLiftTeacher", "Teacher", "TeacherOutput", "VideoFolderTeacher"]
