@@ -6,6 +6,7 @@ Used only by tests to check the tiled torch and compiled C++ compositors.
 import torch
 
 from vasa3d.gaussians.composite import ALPHA_MAX, ALPHA_MIN, T_MIN
+from vasa3d.gaussians.projection import quat_to_rotmat
 
 
 def composite_dense(means2d, conics, opacities, colors, radii, depths, width, height):
@@ -53,3 +54,18 @@ def random_scene(n, width, height, seed=0, dtype=torch.float32, sigma_px=(1.0, 4
     colors = torch.rand(n, 4, generator=gen, dtype=dtype)
     depths = 1 + torch.rand(n, generator=gen, dtype=dtype)
     return means2d, conics, opacities, colors, radii, depths
+
+
+def random_scene3d(n=300, seed=0, dtype=torch.float32):
+    """A random 3D scene and two cameras (one turned): means, quats, scales, opacities, colors, viewmats, Ks."""
+    gen = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=gen, dtype=dtype) - 0.5) * torch.tensor([1.2, 1.2, 1.0], dtype=dtype)
+    quats = torch.randn(n, 4, generator=gen, dtype=dtype)
+    scales = 0.01 + 0.04 * torch.rand(n, 3, generator=gen, dtype=dtype)
+    opacities = 0.1 + 0.8 * torch.rand(n, generator=gen, dtype=dtype)
+    colors = torch.rand(n, 3, generator=gen, dtype=dtype)
+    viewmats = torch.eye(4, dtype=dtype).repeat(2, 1, 1)
+    viewmats[:, 2, 3] = 2.5
+    viewmats[1, :3, :3] = quat_to_rotmat(torch.tensor([0.96, 0.0, 0.28, 0.0], dtype=dtype))
+    Ks = torch.tensor([[80.0, 0, 32], [0, 80.0, 24], [0, 0, 1]], dtype=dtype).repeat(2, 1, 1)
+    return means, quats, scales, opacities, colors, viewmats, Ks

@@ -9,12 +9,11 @@ import textwrap
 
 import pytest
 import torch
-from render_reference import composite_dense, random_scene
+from render_reference import composite_dense, random_scene, random_scene3d
 
 from vasa3d.gaussians import composite_cpp as cc
 from vasa3d.gaussians import rasterize
 from vasa3d.gaussians.composite import TileBins, bin_gaussians, composite_torch
-from vasa3d.gaussians.projection import quat_to_rotmat
 
 F32, F64 = torch.float32, torch.float64
 
@@ -167,23 +166,9 @@ def test_results_do_not_depend_on_the_thread_count():
         assert all(torch.equal(a, b) for a, b in zip(outs + tuple(grads), results[0][0] + tuple(results[0][1])))
 
 
-def _scene3d(n: int, dtype: torch.dtype, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=gen, dtype=dtype) - 0.5) * torch.tensor([1.2, 1.2, 1.0], dtype=dtype)
-    quats = torch.randn(n, 4, generator=gen, dtype=dtype)
-    scales = 0.01 + 0.04 * torch.rand(n, 3, generator=gen, dtype=dtype)
-    opacities = 0.1 + 0.8 * torch.rand(n, generator=gen, dtype=dtype)
-    colors = torch.rand(n, 3, generator=gen, dtype=dtype)
-    viewmats = torch.eye(4, dtype=dtype).repeat(2, 1, 1)
-    viewmats[:, 2, 3] = 2.5
-    viewmats[1, :3, :3] = quat_to_rotmat(torch.tensor([0.96, 0.0, 0.28, 0.0], dtype=dtype))
-    Ks = torch.tensor([[80.0, 0, 32], [0, 80.0, 24], [0, 0, 1]], dtype=dtype).repeat(2, 1, 1)
-    return means, quats, scales, opacities, colors, viewmats, Ks
-
-
 @pytest.mark.parametrize("dtype", [F64, F32])
 def test_rasterize_cpp_backend_matches_torch_backend(dtype):
-    means, quats, scales, opac, colors, viewmats, Ks = _scene3d(400, dtype)
+    means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(400, dtype=dtype)
     runs = {}
     for backend in ("cpp", "torch"):
         params = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]

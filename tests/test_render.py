@@ -3,30 +3,15 @@
 import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
-from render_reference import composite_dense, random_scene
+from render_reference import composite_dense, random_scene, random_scene3d
 
 from vasa3d.gaussians import rasterize
 from vasa3d.gaussians.composite import bin_gaussians, composite_torch
-from vasa3d.gaussians.projection import (
-    covariance_from_quat_scale, project_gaussians, quat_to_rotmat, rotmat_to_quat)
-
-
-def _scene3d(n=300, seed=0, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=gen, dtype=dtype) - 0.5) * torch.tensor([1.2, 1.2, 1.0], dtype=dtype)
-    quats = torch.randn(n, 4, generator=gen, dtype=dtype)
-    scales = 0.01 + 0.04 * torch.rand(n, 3, generator=gen, dtype=dtype)
-    opacities = 0.1 + 0.8 * torch.rand(n, generator=gen, dtype=dtype)
-    colors = torch.rand(n, 3, generator=gen, dtype=dtype)
-    viewmats = torch.eye(4, dtype=dtype).repeat(2, 1, 1)
-    viewmats[:, 2, 3] = 2.5
-    viewmats[1, :3, :3] = quat_to_rotmat(torch.tensor([0.96, 0.0, 0.28, 0.0], dtype=dtype))
-    Ks = torch.tensor([[80.0, 0, 32], [0, 80.0, 24], [0, 0, 1]], dtype=dtype).repeat(2, 1, 1)
-    return means, quats, scales, opacities, colors, viewmats, Ks
+from vasa3d.gaussians.projection import covariance_from_quat_scale, project_gaussians, quat_to_rotmat, rotmat_to_quat
 
 
 def test_projection_matches_gsplat_reference():
-    means, quats, scales, _, _, viewmats, Ks = _scene3d(500)
+    means, quats, scales, _, _, viewmats, Ks = random_scene3d(500)
     means[:5, 2] = -3.0  # behind the camera: culled
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
     ref_radii, ref_m2d, ref_depth, ref_conics, _ = _fully_fused_projection(
@@ -84,7 +69,7 @@ def test_tiled_torch_gradcheck():
 
 
 def test_rasterize_torch_backend_outputs_and_gradients():
-    means, quats, scales, opac, colors, viewmats, Ks = _scene3d(200, dtype=torch.float64)
+    means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(200, dtype=torch.float64)
     params = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
     out = rasterize(*params, viewmats, Ks, 64, 48, backgrounds=torch.ones(3, dtype=torch.float64),
                     backend="torch")
@@ -102,14 +87,14 @@ def test_rasterize_torch_backend_outputs_and_gradients():
 
 
 def test_rasterize_rejects_bad_shapes():
-    means, quats, scales, opac, colors, viewmats, Ks = _scene3d(10)
+    means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(10)
     with pytest.raises(ValueError, match="scales"):
         rasterize(means, quats, scales[:, :2], opac, colors, viewmats, Ks, 16, 16, backend="torch")
 
 
 @pytest.mark.gpu
 def test_cpu_renderer_matches_gsplat_on_cuda():
-    means, quats, scales, opac, colors, viewmats, Ks = _scene3d(2000)
+    means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(2000)
     params = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
     cpu = rasterize(*params, viewmats, Ks, 64, 48, backgrounds=torch.ones(3), backend="auto")
     cpu.rgb.sum().backward()
