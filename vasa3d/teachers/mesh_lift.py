@@ -118,14 +118,13 @@ class MeshLiftTeacher:
         self.seed = seed
         self.template = load_template(template_path)
         self.rig = ExpressionRig(self.template)
-        self._cache: dict[int, _LiftedPortrait] = {}
+        self._cached: tuple[PortraitAnalysis, _LiftedPortrait] | None = None
 
     def lift(self, portrait: PortraitAnalysis) -> _LiftedPortrait:
         """The portrait lifted onto the template (cached per analysis object)."""
-        key = id(portrait)
-        if key not in self._cache:
-            self._cache = {key: self._lift(portrait)}
-        return self._cache[key]
+        if self._cached is None or self._cached[0] is not portrait:  # holding the object keeps identity safe
+            self._cached = (portrait, self._lift(portrait))
+        return self._cached[1]
 
     @torch.no_grad()
     def _lift(self, portrait: PortraitAnalysis) -> _LiftedPortrait:
