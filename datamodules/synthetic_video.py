@@ -126,7 +126,9 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         digest = hashlib.sha256(json.dumps(hp, sort_keys=True, default=str).encode())
         for portrait in self.portraits:
             digest.update(b"astronaut" if portrait is None else Path(portrait).read_bytes())
-        teacher_settings = {k: v for k, v in vars(self.teacher).items() if isinstance(v, (int, float, str, bool))}
+        # The teacher's public settings (its private state, such as a frame cursor, changes as it works).
+        teacher_settings = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in vars(self.teacher).items()
+                            if not k.startswith("_") and isinstance(v, (int, float, str, bool, torch.Tensor))}
         digest.update(f"{type(self.teacher).__qualname__}{sorted(teacher_settings.items())}v{CACHE_VERSION}".encode())
         return digest.hexdigest()[:16]
 

@@ -71,3 +71,13 @@ def test_batches_carry_frames_latents_and_detected_landmarks(prepared):
     assert torch.isfinite(batch["landmarks"]).all()
     error = (batch["landmarks"] - batch["intended_landmarks"]).norm(dim=-1).mean()
     assert error < 8  # mediapipe sees roughly what the teacher intended (px at 128)
+
+
+def test_cache_key_ignores_teacher_state_but_not_its_settings(tmp_path):
+    teacher = MeshLiftTeacher(num_gaussians=6000)
+    dm = SyntheticVideoDataModule(teacher=teacher, cache_dir=str(tmp_path))
+    key = dm.cache_key()
+    teacher._cached = ("portrait", "lift")  # private working state
+    assert dm.cache_key() == key
+    teacher.background = torch.zeros(3)
+    assert dm.cache_key() != key

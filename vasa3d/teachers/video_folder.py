@@ -42,6 +42,7 @@ class VideoFolderTeacher:
         self.stride = stride
         self._frames: list[np.ndarray] | None = None
         self._cursor = 0
+        self._encoder: tuple[PortraitAnalysis, LandmarkMotionEncoder] | None = None
 
     def _load(self) -> list[np.ndarray]:
         if self._frames is None:
@@ -92,6 +93,7 @@ class VideoFolderTeacher:
             nearest = torch.nonzero(found).squeeze(-1)
             fill = nearest[(torch.arange(count)[:, None] - nearest[None]).abs().argmin(dim=1)]
             detected = detected[fill]
-        encoder = LandmarkMotionEncoder.from_portrait(portrait, dim=self.latent_dim)
-        shown = encoder.encode(detected.numpy())
+        if self._encoder is None or self._encoder[0] is not portrait:  # built once per portrait, not per clip
+            self._encoder = (portrait, LandmarkMotionEncoder.from_portrait(portrait, dim=self.latent_dim))
+        shown = self._encoder[1].encode(detected.numpy())
         return TeacherOutput(images, torch.ones(count, 1, size, size), shown, detected[..., :2])
