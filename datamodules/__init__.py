@@ -1,6 +1,7 @@
-"""LightningDataModules that assemble vasa3d's parts into training data."""
+"""LightningDataModules: a still portrait, synthetic talking video, speech-motion pairs."""
 
 from datamodules.portrait import PortraitDataModule
+from datamodules.speech_motion import SpeechMotionDataModule
 from datamodules.synthetic_video import SyntheticVideoDataModule
 
-__all__ = ["PortraitDataModule", "SyntheticVideoDataModule"]
+__all__ = ["PortraitDataModule", "SpeechMotionDataModule", "SyntheticVideoDataModule"]

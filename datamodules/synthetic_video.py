@@ -21,7 +21,7 @@ import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.portrait import default_portrait
+from datamodules.portrait import default_portrait, portrait_sample
 from vasa3d.face import analyze_portrait
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.motion.sampling import sample_talking_motion
@@ -29,7 +29,7 @@ from vasa3d.teachers import MeshLiftTeacher, Teacher
 from vasa3d.teachers.evaluation import detect_landmarks
 
 SPLITS = ("train", "heldout_latent", "heldout_pose")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the subject files hold the portrait crop, mask and head region
 
 
 class _Frames(Dataset):
@@ -118,6 +118,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         self.manifest: dict | None = None
         self.splits: dict[str, list[dict[str, np.ndarray]]] = {}
         self.cameras: list[dict[str, torch.Tensor]] = []
+        self.references: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------ cache
     def cache_key(self) -> str:
@@ -147,8 +148,10 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         for s, portrait in enumerate(self.portraits):
             analysis = analyze_portrait(default_portrait() if portrait is None else portrait,
                                         crop_size=hp.crop_size)
+            reference = portrait_sample(analysis)
             np.savez(self.cache_path / f"subject_{s:03d}.npz", viewmat=analysis.viewmat, K=analysis.K,
-                     landmarks=analysis.landmarks)
+                     landmarks=analysis.landmarks, image=reference["image"].numpy(), mask=reference["mask"].numpy(),
+                     region=reference["region"].numpy())
             subjects.append({"portrait": portrait or "<astronaut>", "file": f"subject_{s:03d}.npz"})
             plan = [("train", hp.yaw_range_deg)] * hp.num_clips + [("heldout_latent", hp.yaw_range_deg)] * hp.heldout_clips
             plan += [("heldout_pose", "beyond")] * hp.heldout_pose_clips
@@ -188,16 +191,35 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         if not manifest_path.is_file():
             self.prepare_data()
         self.manifest = json.loads(manifest_path.read_text())
-        self.cameras = []
+        self.cameras, self.references = [], []
         for subject in self.manifest["subjects"]:
             with np.load(self.cache_path / subject["file"]) as data:
                 self.cameras.append({"viewmat": torch.from_numpy(data["viewmat"]).float(),
                                      "K": torch.from_numpy(data["K"]).float(),
                                      "reference_landmarks": torch.from_numpy(data["landmarks"]).float()})
+                self.references.append({
+                    "image": torch.from_numpy(data["image"]).float(), "mask": torch.from_numpy(data["mask"]).float(),
+                    "region": torch.from_numpy(data["region"]).float(),
+                    "landmarks": torch.from_numpy(data["landmarks"][:, :2]).float(),
+                    "viewmat": self.cameras[-1]["viewmat"], "K": self.cameras[-1]["K"]})
         self.splits = {split: [] for split in SPLITS}
         for clip in self.manifest["clips"]:
             with np.load(self.cache_path / clip["file"]) as data:
                 self.splits[clip["split"]].append({k: data[k] for k in data.files})
+
+    @property
+    def sample(self) -> dict[str, torch.Tensor]:
+        """The first subject's portrait as :func:`datamodules.portrait.portrait_sample` gives it (the
+        reference view a subject fit paints its Gaussians from)."""
+        if not self.references:
+            self.setup()
+        return self.references[0]
+
+    def clips(self, split: str) -> list[dict[str, np.ndarray]]:
+        """The cached clips of ``split`` (arrays: frames, masks, landmarks, detected, dyn, pose, gaze, subject)."""
+        if self.manifest is None:
+            self.setup()
+        return self.splits[split]
 
     def dataset(self, split: str) -> _Frames:
         """Frames of one split (frames where mediapipe found no face are left out)."""

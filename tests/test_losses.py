@@ -55,3 +55,40 @@ def test_landmark_reprojection_is_zero_at_the_projection():
     assert landmark_reprojection(points, target, viewmat, K, 256) < 1e-7
     shifted = landmark_reprojection(points, target + torch.tensor([2.56, 0.0]), viewmat, K, 256)
     torch.testing.assert_close(shifted, torch.tensor(0.01))
+
+
+def test_separable_ssim_matches_torchmetrics():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from vasa3d.losses.rendering import ssim_map
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 64, 64, generator=gen)
+    b = (a + 0.2 * torch.randn(a.shape, generator=gen)).clamp(0, 1)
+    _, full = structural_similarity_index_measure(a, b, data_range=1.0, return_full_image=True, reduction="none")
+    torch.testing.assert_close(ssim_map(a, b), full[..., 5:-5, 5:-5], atol=2e-5, rtol=0)
+
+
+def test_trimmed_l1_ignores_the_worst_pixels_only():
+    from vasa3d.losses import trimmed_l1
+
+    target = torch.zeros(1, 3, 10, 10)
+    render = torch.full_like(target, 0.1)
+    render[..., 0, :5] = 1.0  # a 5% artefact
+    assert torch.isclose(trimmed_l1(render, target, trim=0.05), torch.tensor(0.1))
+    assert trimmed_l1(render, target, trim=0.0) > 0.14
+    weight = torch.ones(1, 1, 10, 10)
+    weight[..., 5:, :] = 0  # the trimmed share is taken inside the weighted region
+    assert torch.isclose(trimmed_l1(render, target, weight, trim=0.1), torch.tensor(0.1))
+
+
+def test_teacher_frames_that_miss_their_latent_weigh_less():
+    from vasa3d.losses import teacher_frame_weights
+
+    reference = torch.zeros(2, 478, 2)
+    reference[:, 263, 0] = 100.0  # inter-ocular distance 100 px
+    intended = torch.zeros(2, 478, 2)
+    detected = intended.clone()
+    detected[1] += 10.0  # the second frame misses by 0.14 IOD
+    weights = teacher_frame_weights(detected, intended, reference, tolerance_iod=0.05)
+    assert weights[0] == 1.0 and weights[1] < 0.2

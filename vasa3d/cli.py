@@ -16,6 +16,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from vasa3d.sweep import sweep_command
+
 
 class VasaCLI(LightningCLI):
     """LightningCLI with vasa3d's defaults: any LightningModule/DataModule by class path, seed 0."""
@@ -37,7 +39,7 @@ def export_command(argv: Sequence[str]) -> int:
     return 0
 
 
-EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"export": export_command}
+EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"export": export_command, "sweep": sweep_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,9 +63,15 @@ def bind_to_world(
     """World means ``[N, 3]``, quats ``[N, 4]`` and scales ``[N, 3]`` of bound Gaussians."""
     rot = frames.rotations[binding]
     k = frames.scales[binding, None]
-    means = (rot @ (k * local_means)[..., None]).squeeze(-1) + frames.centroids[binding]
+    means = local_to_world_points(local_means, binding, frames)
     quats = quat_multiply(rotmat_to_quat(rot), F.normalize(local_quats, dim=-1))
     return means, quats, k * local_scales
+
+
+def local_to_world_points(points: Tensor, binding: Tensor, frames: TriangleFrames) -> Tensor:
+    """Local points ``[N, 3]`` (parent-triangle units, see :func:`bind_to_world`) to world ``[N, 3]``."""
+    k = frames.scales[binding, None]
+    return (frames.rotations[binding] @ (k * points)[..., None]).squeeze(-1) + frames.centroids[binding]
 
 
 def world_to_local_points(points: Tensor, binding: Tensor, frames: TriangleFrames) -> Tensor:

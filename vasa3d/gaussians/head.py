@@ -34,6 +34,8 @@ class GaussianHead(nn.Module):
         init_opacity: starting opacity of every Gaussian.
         init_scale: starting in-plane size as a fraction of the mean spacing of Gaussians.
         seed: seed for the initial placement.
+        feature_dim: size of a learnt per-Gaussian feature (``splats["features"]``, the residual
+            MLP's input, densified with the rest); 0 for none.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class GaussianHead(nn.Module):
         init_opacity: float = 0.9,
         init_scale: float = 0.8,
         seed: int = 0,
+        feature_dim: int = 0,
     ) -> None:
         super().__init__()
         template_vertices = torch.tensor(template_vertices, dtype=torch.float32)
@@ -51,7 +54,11 @@ class GaussianHead(nn.Module):
         self.register_buffer("template_vertices", template_vertices)
         self.register_buffer("faces", faces)
         self.shape_offsets = nn.Parameter(torch.zeros_like(template_vertices))
-        self.splats = nn.ParameterDict(self._initial_splats(num_gaussians, init_opacity, init_scale, seed))
+        splats = self._initial_splats(num_gaussians, init_opacity, init_scale, seed)
+        if feature_dim > 0:
+            gen = torch.Generator().manual_seed(seed + 1)
+            splats["features"] = nn.Parameter(0.1 * torch.randn(splats["means"].shape[0], feature_dim, generator=gen))
+        self.splats = nn.ParameterDict(splats)
 
     def _initial_splats(self, count: int, opacity: float, scale: float, seed: int) -> dict[str, nn.Parameter]:
         gen = torch.Generator().manual_seed(seed)
@@ -169,7 +176,7 @@ class GaussianHead(nn.Module):
 
     def resize_to(self, state_dict: dict[str, Tensor], prefix: str = "") -> None:
         """Give the splat tensors the sizes found in ``state_dict`` (before loading a densified checkpoint)."""
-        for name in (*PARAM_NAMES, "binding"):
+        for name in list(self.splats.keys()):
             saved = state_dict.get(f"{prefix}splats.{name}")
             if saved is not None and saved.shape != self.splats[name].shape:
                 self.splats[name] = nn.Parameter(torch.zeros_like(saved), requires_grad=self.splats[name].requires_grad)

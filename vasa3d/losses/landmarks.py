@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -28,3 +29,18 @@ def landmark_reprojection(
     if weights is None:
         return dist.mean()
     return (dist * weights).sum(-1).mean() / weights.sum()
+
+
+def _contour_ids(*connections) -> list[int]:
+    return sorted({i for conn in connections for edge in conn for i in edge})
+
+
+def landmark_weights(w_lips: float = 1.0, w_eyes: float = 1.0) -> Tensor:
+    """``[478]`` per-landmark weights of mediapipe's topology: lips ``w_lips``, eyelids and irises ``w_eyes``, others 1."""
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    weights = torch.ones(478)
+    weights[_contour_ids(fmc.FACEMESH_LIPS)] = w_lips
+    weights[_contour_ids(fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE)] = w_eyes
+    weights[468:] = w_eyes
+    return weights

@@ -58,3 +58,53 @@ class PlyExporter(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank == 0:
             pl_module.head.export_ply(run_dir(trainer) / self.filename)
+
+
+class ValidationVideoWriter(L.Callback):
+    """At the end of fitting, render held-out clips from several viewpoints beside the teacher's frames.
+
+    Writes ``<run dir>/validation_video.mp4`` (one row per frame: teacher | the avatar at each yaw) and
+    ``validation_video.png`` (its first frame). Needs a datamodule with ``clips(split)`` and ``sample``
+    (``SyntheticVideoDataModule``).
+
+    Args:
+        split: which held-out split to show.
+        clips: how many of its clips, one after another.
+        yaws: viewpoints, degrees of head turn relative to the teacher's camera.
+        fps: frame rate of the video.
+    """
+
+    def __init__(self, split: str = "heldout_latent", clips: int = 1, yaws: list[float] | None = None,
+                 fps: float = 25.0) -> None:
+        self.split, self.clips, self.fps = split, clips, fps
+        self.yaws = list(yaws) if yaws is not None else [-35.0, 0.0, 35.0]
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if trainer.global_rank != 0 or not hasattr(datamodule, "clips"):
+            return
+        from vasa3d.motion.latent import MotionLatent
+        from vasa3d.systems.views import yaw_viewmats
+
+        sample = pl_module.reference_sample()
+        size = sample["image"].shape[-1]
+        viewmats = yaw_viewmats(sample["viewmat"], self.yaws)
+        Ks = sample["K"].expand(len(self.yaws), 3, 3)
+        rows = []
+        for clip in datamodule.clips(self.split)[: self.clips]:
+            latent = MotionLatent(*(torch.from_numpy(clip[k]).float().to(pl_module.device)
+                                    for k in ("dyn", "pose", "gaze")))
+            renders = pl_module.avatar.render_latents(latent, viewmats, Ks, size, pl_module.background,
+                                                      pl_module.hparams.backend)  # [T, Y, 3, S, S]
+            teacher = torch.from_numpy(clip["frames"]).float().div(255).permute(0, 3, 1, 2).to(renders.device)
+            rows.append(torch.cat([teacher[:, None], renders], dim=1))
+        if not rows:
+            return
+        video = torch.cat(rows)  # [T, 1 + Y, 3, S, S]
+        frames = video.permute(0, 3, 1, 4, 2).flatten(2, 3)  # [T, S, (1 + Y) S, 3]
+        frames = (frames.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        out = run_dir(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(out / "validation_video.mp4", frames, fps=self.fps, codec="libx264", macro_block_size=8)
+        iio.imwrite(out / "validation_video.png", frames[0])

@@ -18,18 +18,11 @@ from torch import Tensor
 
 from vasa3d.face.template import load_template
 from vasa3d.gaussians.head import GaussianHead
-from vasa3d.losses.landmarks import project_points
+from vasa3d.losses import inter_ocular, landmark_weights, project_points
 from vasa3d.motion.deformation import ExpressionDeformer, PoseDeformer
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.motion.rig import ExpressionRig
 from vasa3d.teachers.mesh_lift import fit_identity
-
-EYE_CORNERS = (33, 263)  # outer eye corners, for the inter-ocular distance
-
-
-def _contour_ids(*connections) -> list[int]:
-    return sorted({i for conn in connections for edge in conn for i in edge})
-
 
 class LatentDistillation(L.LightningModule):
     """Stage 1: distil the teacher's motion into ``M_e`` (expression) and ``M_p`` (pose).
@@ -69,13 +62,7 @@ class LatentDistillation(L.LightningModule):
         else:
             self.expression = ExpressionDeformer(latent_dim, num_basis=num_basis, hidden=hidden, template=template_path)
         self.pose_model = PoseDeformer(template=template_path)
-        from mediapipe.python.solutions import face_mesh_connections as fmc
-
-        weights = torch.ones(478)
-        weights[_contour_ids(fmc.FACEMESH_LIPS)] = w_lips
-        weights[_contour_ids(fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE)] = w_eyes
-        weights[468:] = w_eyes
-        self.register_buffer("landmark_weights", weights, persistent=False)
+        self.register_buffer("landmark_weights", landmark_weights(w_lips, w_eyes), persistent=False)
         self.register_buffer("identities", torch.zeros(0, len(self.template.vertices), 3))
 
     # ------------------------------------------------------------ set-up
@@ -122,10 +109,6 @@ class LatentDistillation(L.LightningModule):
         """``[B, 478]`` pixel distances to the detected landmarks."""
         return (self.landmarks(batch, deform) - batch["landmarks"]).norm(dim=-1)
 
-    def _inter_ocular(self, batch: dict[str, Tensor]) -> Tensor:
-        ref = batch["reference_landmarks"][:, EYE_CORNERS, :2]
-        return (ref[:, 0] - ref[:, 1]).norm(dim=-1)
-
     # ------------------------------------------------------------ loops
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         errors = self.landmark_errors(batch) / batch["image"].shape[-1]
@@ -144,7 +127,7 @@ class LatentDistillation(L.LightningModule):
         self._log_errors(("test/heldout_latent", "test/heldout_pose")[dataloader_idx], batch)
 
     def _log_errors(self, prefix: str, batch: dict[str, Tensor]) -> None:
-        iod = self._inter_ocular(batch)
+        iod = inter_ocular(batch["reference_landmarks"])
         for name, deform in (("landmark", True), ("zero_deformation", False)):
             px = self.landmark_errors(batch, deform).mean(-1)
             self.log(f"{prefix}/{name}_px", px.mean(), prog_bar=name == "landmark", add_dataloader_idx=False,

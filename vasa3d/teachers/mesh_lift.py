@@ -23,7 +23,7 @@ from vasa3d.gaussians.head import GaussianHead
 from vasa3d.gaussians.render import Backend, rasterize
 from vasa3d.face.region import head_region
 from vasa3d.losses.geometry import laplacian_smoothness, mesh_edges
-from vasa3d.losses.rendering import dssim, masked_l1
+from vasa3d.losses.consistency import photometric_losses
 from vasa3d.losses.landmarks import project_points
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.motion.rig import BLINK_LEFT, BLINK_RIGHT, ExpressionRig, controls_from_latent
@@ -65,8 +65,8 @@ def refine_photometric(head: GaussianHead, image: Tensor, mask: Tensor, region: 
     for _ in range(steps):
         out = head.render(viewmat[None], K[None], size, size, background=background, backend=backend)
         render, alpha = out.rgb.permute(0, 3, 1, 2), out.alpha.permute(0, 3, 1, 2)
-        loss = 0.8 * masked_l1(render, target[None], region[None]) + 0.2 * dssim(render, target[None], region[None]) \
-            + 0.3 * masked_l1(alpha, mask[None], region[None]) \
+        photo = photometric_losses(render, alpha, target[None], mask[None], region[None])
+        loss = 0.8 * photo["l1"] + 0.2 * photo["dssim"] + 0.3 * photo["silhouette"] \
             + _landmark_loss(head, landmarks_px, viewmat, K, size) \
             + 100.0 * laplacian_smoothness(head.shape_offsets, edges)
         optimizer.zero_grad()

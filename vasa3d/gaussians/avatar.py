@@ -1,0 +1,164 @@
+"""``GaussianAvatar``: the Gaussian head conditioned on a ``MotionLatent``.
+
+Per frame, ``M_e(z_dyn)`` deforms the identity-shaped template, ``M_p(z_pose)`` poses it (the
+neck bends), and the Gaussians ride the deformed triangles (GaussianAvatars-style binding). A
+residual MLP on ``(z_dyn, gaze, per-Gaussian features, canonical position)`` adds what the
+template cannot show (wrinkles, the inside of the mouth, teeth, eyes): small offsets to each
+Gaussian's local position, log-scale, opacity and colour logits. It starts at zero, so an
+untrained residual leaves the template-driven head unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from vasa3d.gaussians.binding import bind_to_world, local_to_world_points, triangle_frames
+from vasa3d.gaussians.head import GaussianHead
+from vasa3d.gaussians.render import Backend, RenderOutput, rasterize
+from vasa3d.motion.deformation import ExpressionDeformer, PoseDeformer
+from vasa3d.motion.latent import MotionLatent
+
+RESIDUAL_CHANNELS = {"means": 3, "scales": 3, "opacities": 1, "colors": 3}
+POSITION_SCALE = 10.0  # template-frame metres -> about unit range over a head
+
+
+class ResidualDeformer(nn.Module):
+    """Per-Gaussian residuals from the latent: ``MLP(cond [B, C], features [N, F], positions [N, 3])``.
+
+    The first layer is split (``W_c cond + W_g [features, position]``) so its cost is one
+    ``[B, H]`` and one ``[N, H]`` product; the rest runs on ``[B, N, H]``.
+
+    Args:
+        cond_dim: size of the condition (``z_dyn`` and gaze).
+        feature_dim: size of the learnt per-Gaussian feature.
+        hidden: width of the hidden layers.
+        num_layers: hidden layers (at least 1).
+    """
+
+    def __init__(self, cond_dim: int, feature_dim: int = 16, hidden: int = 64, num_layers: int = 1) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"ResidualDeformer: num_layers must be >= 1, got {num_layers}")
+        self.cond_in = nn.Linear(cond_dim, hidden)
+        self.gaussian_in = nn.Linear(feature_dim + 3, hidden, bias=False)
+        layers: list[nn.Module] = []
+        for _ in range(num_layers - 1):
+            layers += [nn.SiLU(), nn.Linear(hidden, hidden)]
+        self.body = nn.Sequential(*layers, nn.SiLU())
+        self.out = nn.Linear(hidden, sum(RESIDUAL_CHANNELS.values()))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, cond: Tensor, features: Tensor, positions: Tensor) -> dict[str, Tensor]:
+        """Residuals ``{name: [B, N, k]}`` for ``cond [B, C]``, ``features [N, F]``, ``positions [N, 3]``."""
+        per_gaussian = self.gaussian_in(torch.cat([features, positions * POSITION_SCALE], dim=-1))
+        hidden = self.body(self.cond_in(cond)[:, None, :] + per_gaussian[None])
+        return dict(zip(RESIDUAL_CHANNELS, self.out(hidden).split(list(RESIDUAL_CHANNELS.values()), dim=-1)))
+
+
+@dataclass
+class AvatarFrame:
+    """The avatar's geometry for a batch of latents."""
+
+    expressed: Tensor  # [B, V, 3] identity + expression, before pose (template frame)
+    posed: Tensor  # [B, V, 3] after M_p (template frame = world)
+    residuals: dict[str, Tensor] | None  # {name: [B, N, k]} or None without a residual MLP
+
+
+class GaussianAvatar(nn.Module):
+    """A :class:`GaussianHead` animated by ``M_e``, ``M_p`` and an optional residual MLP.
+
+    Args:
+        head: the Gaussians and the identity offsets (its splats need a ``features`` entry when
+            ``residual`` is given).
+        expression: ``M_e``.
+        pose: ``M_p``.
+        residual: the residual MLP, or None for a purely template-driven head.
+    """
+
+    def __init__(self, head: GaussianHead, expression: ExpressionDeformer, pose: PoseDeformer,
+                 residual: ResidualDeformer | None = None) -> None:
+        super().__init__()
+        if residual is not None and "features" not in head.splats:
+            raise ValueError("GaussianAvatar: a residual MLP needs per-Gaussian features; build the GaussianHead "
+                             "with feature_dim > 0")
+        self.head, self.expression, self.pose_model, self.residual = head, expression, pose, residual
+
+    @property
+    def rig(self):
+        """The expression rig (iris points, face scale) that ``M_e`` is built on."""
+        return self.expression.rig
+
+    def condition(self, latent: MotionLatent) -> Tensor:
+        """``[B, D + 2]`` the residual MLP's input: ``z_dyn`` and gaze (zeros when absent)."""
+        gaze = latent.gaze if latent.gaze is not None else latent.dyn.new_zeros(latent.batch_shape + (2,))
+        return torch.cat([latent.dyn, gaze], dim=-1)
+
+    def frame(self, latent: MotionLatent, rigid: bool = False, residual: bool = True) -> AvatarFrame:
+        """Geometry for ``latent [B]``; ``rigid`` skips ``M_e`` and the residual (the static-head baseline),
+        ``residual=False`` just the residual."""
+        identity = self.head.vertices()
+        if rigid:
+            expressed = identity.expand(latent.batch_shape + identity.shape)
+        else:
+            expressed = identity + self.expression(latent.dyn, identity.expand(latent.batch_shape + identity.shape))
+        posed = self.pose_model(expressed, latent.pose)
+        residuals = None
+        if self.residual is not None and residual and not rigid:
+            with torch.no_grad():  # canonical positions: an input, not something to move
+                canonical = self.head.world_gaussians(identity)["means"]
+            residuals = self.residual(self.condition(latent), self.head.splats["features"], canonical)
+        return AvatarFrame(expressed, posed, residuals)
+
+    def landmarks(self, latent: MotionLatent, frame: AvatarFrame) -> Tensor:
+        """``[B, 478, 3]`` world landmarks: the 468 face vertices of the posed mesh, then the gaze-turned irises."""
+        n = self.rig.num_landmark_vertices
+        iris = self.rig.iris(frame.expressed, latent.gaze)
+        head = latent.head_transform().to(iris.dtype)
+        iris = iris @ head[..., :3, :3].transpose(-1, -2) + head[..., None, :3, 3]
+        return torch.cat([frame.posed[..., :n, :], iris], dim=-2)
+
+    def world_gaussians(self, frame: AvatarFrame, index: int) -> dict[str, Tensor]:
+        """Activated world Gaussians of frame ``index`` of ``frame`` (as :meth:`GaussianHead.world_gaussians`),
+        plus ``anchors [N, 3]``: the point of each Gaussian's triangle plane under its mean."""
+        splats = self.head.splats
+        means, log_scales = splats["means"], splats["scales"]
+        opacities, colors = splats["opacities"], splats["colors"]
+        if frame.residuals is not None:
+            res = {k: v[index] for k, v in frame.residuals.items()}
+            means, log_scales = means + res["means"], log_scales + res["scales"]
+            opacities, colors = opacities + res["opacities"][:, 0], colors + res["colors"]
+        frames = triangle_frames(frame.posed[index], self.head.faces)
+        world, quats, scales = bind_to_world(means, splats["quats"], torch.exp(log_scales), self.head.binding, frames)
+        anchors = local_to_world_points(means * means.new_tensor([1.0, 1.0, 0.0]), self.head.binding, frames)
+        return {"means": world, "quats": quats, "scales": scales, "opacities": torch.sigmoid(opacities),
+                "colors": torch.sigmoid(colors), "anchors": anchors}
+
+    def render(
+        self,
+        frame: AvatarFrame,
+        index: int,
+        viewmats: Tensor,  # [C, 4, 4]
+        Ks: Tensor,  # [C, 3, 3]
+        size: int,
+        background: Tensor | None = None,  # [3]
+        backend: Backend = "auto",
+    ) -> RenderOutput:
+        """Render frame ``index`` into C cameras (channels last, see :func:`rasterize`)."""
+        g = self.world_gaussians(frame, index)
+        return rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks, size, size,
+                         backgrounds=background, backend=backend)
+
+    @torch.no_grad()
+    def render_latents(self, latent: MotionLatent, viewmats: Tensor, Ks: Tensor, size: int,
+                       background: Tensor | None = None, backend: Backend = "auto", rigid: bool = False) -> Tensor:
+        """``[T, C, 3, size, size]`` renders of ``latent [T]`` from C cameras (``viewmats [C, 4, 4]``, ``Ks [C, 3, 3]``)."""
+        frames = []
+        for t in range(latent.batch_shape[0]):
+            geometry = self.frame(latent[t:t + 1], rigid=rigid)
+            out = self.render(geometry, 0, viewmats, Ks, size, background, backend)
+            frames.append(out.rgb.permute(0, 3, 1, 2).clamp(0, 1))
+        return torch.stack(frames)
