@@ -39,7 +39,15 @@ def export_command(argv: Sequence[str]) -> int:
     return 0
 
 
-EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"export": export_command, "sweep": sweep_command}
+def render_command(argv: Sequence[str]) -> int:
+    """``vasa3d render``: a talking video (see :mod:`vasa3d.render.command`)."""
+    from vasa3d.render.command import render_command as run
+
+    return run(argv)
+
+
+EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "export": export_command, "render": render_command, "sweep": sweep_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

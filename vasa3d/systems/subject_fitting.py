@@ -193,6 +193,7 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
         self._fit_started: float | None = None
         self._train_seconds_before = 0.0  # training time of earlier runs of this fit (restored on resume)
         self._resumed = False
+        self.reference_camera: dict[str, Tensor] | None = None  # the portrait's viewmat and K, kept in checkpoints
 
     @property
     def head(self) -> GaussianHead:
@@ -221,6 +222,8 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
         if self._resumed:
             return  # everything below is in the checkpoint (on_fit_start runs before the step count is restored)
         sample = self.reference_sample()
+        self.reference_camera = {"viewmat": sample["viewmat"].cpu(), "K": sample["K"].cpu(),
+                                 "size": torch.tensor(sample["image"].shape[-1])}
         if self.hparams.identity_steps > 0:
             with torch.enable_grad():
                 fit_identity(self.head, sample["landmarks"][:468], sample["viewmat"], sample["K"],
@@ -422,6 +425,8 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
         checkpoint["strategy_state"] = {k: (v.cpu() if isinstance(v, Tensor) else v)
                                         for k, v in self.strategy_state.items()}
         checkpoint["train_time_s"] = self.train_seconds
+        if self.reference_camera is not None:
+            checkpoint["reference_camera"] = self.reference_camera
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.head.resize_to(checkpoint["state_dict"], prefix="avatar.head.")
@@ -429,3 +434,4 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
             self.strategy_state = dict(checkpoint["strategy_state"])
         self._train_seconds_before = float(checkpoint.get("train_time_s", 0.0))
         self._resumed = True
+        self.reference_camera = checkpoint.get("reference_camera")

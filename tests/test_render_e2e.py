@@ -1,0 +1,84 @@
+"""End to end: `vasa3d render` turns two seconds of speech into an mp4 with the right length and its audio."""
+
+import av
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from vasa3d.audio.features import AudioFeatureExtractor
+from vasa3d.audio.speech import synthesize
+from vasa3d.cli import main
+from vasa3d.render.talking import TalkingHead
+from vasa3d.render.video import write_wav
+from vasa3d.systems import Audio2Motion, SubjectFitting
+
+SIZE = 64
+
+
+def _save(module: L.LightningModule, path, **extra) -> None:
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": L.__version__, **extra}, path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("render")
+    avatar = SubjectFitting(num_gaussians=5000, residual=False, identity_steps=0, backend="cpp")
+    viewmat = torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 0.6], [0, 0, 0, 1]])
+    K = torch.tensor([[150.0, 0, SIZE / 2], [0, 150.0, SIZE / 2], [0, 0, 1]])
+    camera = {"viewmat": viewmat, "K": K, "size": torch.tensor(SIZE)}
+    _save(avatar, folder / "avatar.ckpt", reference_camera=camera)
+
+    features = AudioFeatureExtractor()
+    motion = Audio2Motion(audio_dim=features.dim, d_model=32, num_layers=1, num_heads=2, window=20, prev_frames=5,
+                          num_timesteps=10, sample_steps=3, feature_config=features.config())
+    gen = torch.Generator().manual_seed(0)
+    frames = 200
+    batch = {"audio": torch.randn(1, frames, features.dim, generator=gen), "dyn": torch.rand(1, frames, 16, generator=gen),
+             "pose": 0.05 * torch.randn(1, frames, 6, generator=gen), "gaze": torch.zeros(1, frames, 2)}
+    motion.fit_statistics([batch])
+    _save(motion, folder / "motion.ckpt")
+
+    clip = synthesize("Hello there, this is a short test.", voice="en-us")
+    speech = folder / "speech.wav"
+    write_wav(speech, clip.waveform, clip.sample_rate)
+    return folder, len(clip.waveform) / clip.sample_rate
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_render_writes_a_frame_accurate_mp4_with_audio(checkpoints, online, capsys):
+    folder, seconds = checkpoints
+    out = folder / f"talk_{online}.mp4"
+    args = ["render", "--avatar", str(folder / "avatar.ckpt"), "--motion", str(folder / "motion.ckpt"),
+            "--audio", str(folder / "speech.wav"), "--camera", "orbit", "--out", str(out), "--size", str(SIZE)]
+    assert main(args + (["--online"] if online else [])) == 0
+    printed = capsys.readouterr().out
+    assert "FPS sustained" in printed and "first frame" in printed
+    expected = int(round(seconds * 25))
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == expected
+        audio = container.streams.audio[0]
+        assert abs(float(audio.duration * audio.time_base) - expected / 25) < 0.1
+
+
+def test_the_avatar_moves_with_the_speech(checkpoints):
+    folder, _ = checkpoints
+    head = TalkingHead.from_checkpoints(folder / "avatar.ckpt", folder / "motion.ckpt")
+    waveform = synthesize("Open wide and say ah.", voice="en-us")
+    from vasa3d.audio.io import resample
+
+    audio = resample(waveform.waveform, waveform.sample_rate, head.features.sample_rate)
+    latents = head.motion.generate(head.features(audio.astype(np.float32)), seed=0)
+    a = head.render_frame(latents[0:1], head.viewmat, SIZE)
+    b = head.render_frame(latents[len(latents) // 2:len(latents) // 2 + 1], head.viewmat, SIZE)
+    assert a.shape == (SIZE, SIZE, 3) and not np.array_equal(a, b)
+
+
+def test_clear_errors(checkpoints, tmp_path):
+    folder, _ = checkpoints
+    with pytest.raises(SystemExit):
+        main(["render", "--avatar", str(folder / "avatar.ckpt"), "--out", str(tmp_path / "x.mp4")])  # no motion
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        main(["render", "--avatar", str(tmp_path / "missing.ckpt"), "--motion", str(folder / "motion.ckpt"),
+              "--audio", str(folder / "speech.wav"), "--out", str(tmp_path / "x.mp4")])
