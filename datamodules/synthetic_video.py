@@ -73,6 +73,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
 
     Args:
         portraits: photo paths, one subject each; None in the list is the embedded astronaut.
+        portrait: one subject's photo, shorthand for ``portraits: [path]`` (a subject fit takes one).
         teacher: the 2D generator; None uses the built-in ``MeshLiftTeacher``.
         crop_size: side of the aligned crop, px.
         latent_dim: D of ``MotionLatent.dyn`` (at least the rig's 12 controls).
@@ -93,6 +94,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
     def __init__(
         self,
         portraits: list[str | None] | None = None,
+        portrait: str | None = None,
         teacher: Teacher | None = None,
         crop_size: int = 256,
         latent_dim: int = 16,
@@ -113,7 +115,10 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         if val_split not in SPLITS:
             raise ValueError(f"val_split={val_split!r}: choose one of {SPLITS}")
         self.save_hyperparameters(ignore=["teacher"])
-        self.portraits = list(portraits) if portraits else [None]
+        if portrait is not None and portraits not in (None, [], [None]):
+            raise ValueError(f"SyntheticVideoDataModule: give portrait={portrait!r} or portraits={portraits!r}, "
+                             "not both")
+        self.portraits = [portrait] if portrait is not None else (list(portraits) if portraits else [None])
         self.teacher = teacher if teacher is not None else MeshLiftTeacher()
         self.manifest: dict | None = None
         self.splits: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -123,7 +128,9 @@ class SyntheticVideoDataModule(L.LightningDataModule):
     # ------------------------------------------------------------ cache
     def cache_key(self) -> str:
         """Hash of everything that determines the data (settings, portraits' bytes, the teacher's settings)."""
-        hp = {k: v for k, v in self.hparams.items() if k not in ("cache_dir", "batch_size", "val_split")}
+        # `portrait` is shorthand for `portraits`; the photos themselves are hashed below, by their bytes
+        hp = {k: v for k, v in self.hparams.items() if k not in ("cache_dir", "batch_size", "val_split", "portrait")}
+        hp["portraits"] = [None if p is None else str(p) for p in self.portraits]
         digest = hashlib.sha256(json.dumps(hp, sort_keys=True, default=str).encode())
         for portrait in self.portraits:
             digest.update(b"astronaut" if portrait is None else Path(portrait).read_bytes())

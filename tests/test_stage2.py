@@ -195,3 +195,35 @@ def test_resume_reproduces_the_uninterrupted_fit(subject, tmp_path):
     assert resumed.head.num_gaussians == straight.head.num_gaussians
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_stage1_checkpoint_starts_the_expression_model(tmp_path):
+    from vasa3d.systems import LatentDistillation
+
+    stage1 = LatentDistillation(latent_dim=DIM, identity_steps=0)
+    with torch.no_grad():
+        stage1.expression.linear.weight.normal_()
+        stage1.pose_model.pose_offsets.normal_(std=1e-3)
+    path = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": stage1.state_dict()}, path)
+    system = _system()
+    system.load_stage1(path)
+    torch.testing.assert_close(system.avatar.expression.linear.weight, stage1.expression.linear.weight)
+    torch.testing.assert_close(system.avatar.pose_model.pose_offsets, stage1.pose_model.pose_offsets)
+    torch.save({"state_dict": {"something.else": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a LatentDistillation checkpoint"):
+        system.load_stage1(tmp_path / "other.ckpt")
+    with pytest.raises(FileNotFoundError, match="distill_latent.yaml"):
+        system.load_stage1(tmp_path / "missing.ckpt")
+
+
+def test_short_distillation_lowers_the_landmark_loss(subject):
+    system = _system(expression_init="random")
+    batch = _batch(subject, list(range(len(subject.items))))
+    latent = system.batch_latent(batch)
+    with torch.no_grad():
+        before = float(system.landmark_loss(batch, latent, system.avatar.frame(latent, residual=False)))
+    system.distill(subject.train_dataloader(), steps=30)
+    with torch.no_grad():
+        after = float(system.landmark_loss(batch, latent, system.avatar.frame(latent, residual=False)))
+    assert after < 0.8 * before

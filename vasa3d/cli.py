@@ -46,8 +46,15 @@ def render_command(argv: Sequence[str]) -> int:
     return run(argv)
 
 
+def bench_command(argv: Sequence[str]) -> int:
+    """``vasa3d bench``: the benchmark table (see :mod:`vasa3d.bench`)."""
+    from vasa3d.bench import bench_command as run
+
+    return run(argv)
+
+
 EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "export": export_command, "render": render_command, "sweep": sweep_command}
+    "export": export_command, "render": render_command, "sweep": sweep_command, "bench": bench_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

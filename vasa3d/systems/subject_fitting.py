@@ -42,6 +42,7 @@ from vasa3d.losses import (
 from vasa3d.motion.deformation import ExpressionDeformer, PoseDeformer
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.motion.rig import ExpressionRig
+from vasa3d.systems.stage1 import distill_motion, load_stage1_weights
 from vasa3d.systems.subject_eval import SubjectEvaluation
 from vasa3d.teachers.mesh_lift import fit_identity
 
@@ -221,6 +222,10 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
                                for k, v in self.strategy_state.items()}
         if self._resumed:
             return  # everything below is in the checkpoint (on_fit_start runs before the step count is restored)
+        portraits = getattr(self.trainer.datamodule, "portraits", [None])
+        if len(portraits) > 1:
+            raise ValueError(f"SubjectFitting fits one subject; the datamodule has {len(portraits)} portraits "
+                             f"({portraits}); give one with --data.portrait photo.jpg")
         sample = self.reference_sample()
         self.reference_camera = {"viewmat": sample["viewmat"].cpu(), "K": sample["K"].cpu(),
                                  "size": torch.tensor(sample["image"].shape[-1])}
@@ -250,34 +255,11 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
 
     def load_stage1(self, path: str | Path) -> None:
         """Start ``M_e``/``M_p`` from a ``LatentDistillation`` checkpoint."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.stage1_ckpt={path}: no such checkpoint; run `lightning fit --config "
-                                    "experiments/distill_latent.yaml` first, or set it to null for a short distillation")
-        state = torch.load(path, map_location=self.device, weights_only=False)["state_dict"]
-        for prefix, module in (("expression.", self.avatar.expression), ("pose_model.", self.avatar.pose_model)):
-            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(part, strict=False)
+        load_stage1_weights(self.avatar, path, self.device)
 
     def distill(self, loader, steps: int, lr: float = 3e-3) -> None:
         """Stage 1 in brief: fit ``M_e``/``M_p`` to the frames' landmarks (no rendering)."""
-        params = list(self.avatar.expression.parameters()) + list(self.avatar.pose_model.parameters())
-        optimizer = torch.optim.Adam(params, lr=lr)
-        step = 0
-        with torch.enable_grad():
-            while step < steps:
-                for batch in loader:
-                    batch = {k: v.to(self.device) for k, v in batch.items()}
-                    latent = self.batch_latent(batch)
-                    frame = self.avatar.frame(latent, residual=False)
-                    loss = self.landmark_loss(batch, latent, frame)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    if step >= steps:
-                        break
-        self.head.shape_offsets.grad = None
+        distill_motion(self, loader, steps, lr)
 
     # ----------------------------------------------------------------- model
     def batch_latent(self, batch: dict[str, Tensor]) -> MotionLatent:
