@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -48,3 +49,18 @@ def test_export_rejects_a_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "x.ply")])
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")
+                                           if "\nmodel:" in p.read_text()))  # job configs (not bench.yaml)
+def test_every_experiment_config_parses_and_states_its_scale(config):
+    from vasa3d.cli import VasaCLI
+
+    text = (ROOT / "experiments" / config).read_text()
+    assert text.startswith("#"), f"{config}: its first line must say what it is and where it runs"
+    if "512" in config:
+        assert "GPU" in text.splitlines()[0], f"{config}: a GPU-scale config says so in its first line"
+    cli = VasaCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  run=False, auto_configure_optimizers=False,
+                  args=["--config", str(ROOT / "experiments" / config), "--data", "lightning.LightningDataModule"])
+    assert isinstance(cli.model, L.LightningModule)

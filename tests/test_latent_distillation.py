@@ -27,17 +27,18 @@ def _val_error(system, dm, deform=True):
 
 
 def test_short_distillation_lowers_the_landmark_error(data, tmp_path):
+    torch.manual_seed(0)  # the networks' initialisation; otherwise it depends on the tests run before
     system = LatentDistillation(latent_dim=16, identity_steps=60, lr=3e-3)
     system.identities = system.fit_identities(data.cameras)
     before = _val_error(system, data)
-    trainer = L.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_epochs=40, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
                         default_root_dir=tmp_path, check_val_every_n_epoch=100)
     trainer.fit(system, datamodule=data)
     after = _val_error(system, data)
     baseline = _val_error(system, data, deform=False)
     assert after < before
-    assert after < baseline  # the learnt expression explains more than pose alone
+    assert after < baseline, (before, after, baseline)  # the learnt expression explains more than pose alone
 
 
 def test_rig_initialisation_starts_near_the_teacher(data):

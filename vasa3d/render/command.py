@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,10 +70,16 @@ def render_command(argv: Sequence[str]) -> int:
                 progress.advance(task)
         else:
             task = progress.add_task("motion", total=None)
+            start = time.perf_counter()
             features = head.features(waveform)
+            features_s = time.perf_counter() - start
             latents = head.motion.generate(features, seed=args.seed, **guidance)
+            motion_s = time.perf_counter() - start - features_s
             progress.update(task, description="rendering", total=len(latents), completed=0)
             stats = head.render_latents(latents, args.camera, size, writer, lambda: progress.advance(task))
+            stats.features_s, stats.motion_s = features_s, motion_s
+            stats.first_frame_s += features_s + motion_s
+            stats.wall_s += features_s + motion_s
     path = writer.close(waveform, sample_rate)
     print(f"wrote {path}: {writer.frames} frames at {head.fps:g} FPS, {size}x{size}, "
           f"{'with' if waveform is not None else 'without'} audio")
