@@ -23,21 +23,13 @@ import lightning as L
 import torch
 
 from vasa3d.audio.evaluation import evaluate_generator
+from vasa3d.cli import datamodule_from_config
 from vasa3d.metrics import MetricResult
 from vasa3d.metrics.table import write_table
 from vasa3d.motion.rig import ExpressionRig
 from vasa3d.systems import Audio2Motion
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def datamodule_from_config(config: Path) -> L.LightningDataModule:
-    from vasa3d.cli import VasaCLI
-
-    cli = VasaCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                  run=False, auto_configure_optimizers=False,
-                  args=["--config", str(config), "--model", "lightning.LightningModule"])
-    return cli.datamodule
 
 
 def main(argv: list[str] | None = None) -> int:

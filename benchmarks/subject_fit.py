@@ -29,22 +29,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from vasa3d.cli import datamodule_from_config
 from vasa3d.metrics import MetricResult
 from vasa3d.metrics.table import write_table
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.systems import SubjectFitting
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def datamodule_from_config(config: Path) -> L.LightningDataModule:
-    """The datamodule a fit config describes (same teacher settings, so the same cached clips)."""
-    from vasa3d.cli import VasaCLI
-
-    cli = VasaCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                  run=False, auto_configure_optimizers=False,
-                  args=["--config", str(config), "--model", "lightning.LightningModule"])
-    return cli.datamodule
 
 
 def evaluate(system: SubjectFitting, datamodule, rigid: bool) -> dict[str, float]:

@@ -164,15 +164,10 @@ def _config(paths: Sequence[str]) -> dict:
 
 def datamodule_for(subject: Subject):
     """The subject's datamodule, as its fit config describes it (same teacher settings, so the cached clips)."""
-    import lightning as L
+    from vasa3d.cli import datamodule_from_config
 
-    from vasa3d.cli import VasaCLI
-
-    args = ["--config", subject.fit_config, "--model", "lightning.LightningModule",
-            *_portrait_args(_config([subject.fit_config]), subject.portrait)]
-    cli = VasaCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                  run=False, auto_configure_optimizers=False, args=args)
-    return cli.datamodule
+    return datamodule_from_config(subject.fit_config,
+                                  args=_portrait_args(_config([subject.fit_config]), subject.portrait))
 
 
 def _fittable(checkpoint: Path) -> bool:

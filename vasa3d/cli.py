@@ -23,6 +23,16 @@ class VasaCLI(LightningCLI):
     """LightningCLI with vasa3d's defaults: any LightningModule/DataModule by class path, seed 0."""
 
 
+def datamodule_from_config(*configs: str | Path, args: Sequence[str] = ()) -> L.LightningDataModule:
+    """The DataModule a job config (plus overlays and CLI-style ``args``) describes, without its model:
+    for benchmarks that evaluate on the data a fit used (same settings, so the same cached clips)."""
+    cli_args = [arg for config in configs for arg in ("--config", str(config))]
+    cli = VasaCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  run=False, auto_configure_optimizers=False,
+                  args=[*cli_args, "--model", "lightning.LightningModule", *args])
+    return cli.datamodule
+
+
 def export_command(argv: Sequence[str]) -> int:
     """``vasa3d export --ckpt run.ckpt --out head.ply``: a fitted head as a standard 3DGS .ply."""
     parser = argparse.ArgumentParser(prog="vasa3d export", description=export_command.__doc__)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vasa3d.audio.diffusion import MotionTransformer, WindowedMotionModel, prepare_batch, velocity_loss
+from vasa3d.audio.diffusion import (
+    MotionTransformer, WindowedMotionModel, condition_dropout, prepare_batch, velocity_loss)
 from vasa3d.motion.latent import MotionLatent
 
 
@@ -44,10 +45,7 @@ class RegressionMotion(WindowedMotionModel):
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Regression and velocity losses on a batch of raw windows; ``loss`` is the total."""
         x0, audio, prev, prev_len, controls = prepare_batch(self, batch)
-        B, dev = x0.shape[0], x0.device
-        keep_audio = torch.rand(B, device=dev) >= self.p_drop["audio"]
-        keep_controls = torch.rand(B, device=dev) >= self.p_drop["control"]
-        prev_len = torch.where(torch.rand(B, device=dev) < self.p_drop["prev"], 0, prev_len)
+        keep_audio, keep_controls, prev_len = condition_dropout(self, prev_len)
         x0_hat = self.denoise(None, None, audio, prev, prev_len, controls, keep_audio, keep_controls)
         losses = {"regression": self.loss_fn(x0_hat, x0), "velocity": velocity_loss(x0_hat, x0, prev, prev_len)}
         losses["loss"] = losses["regression"] + self.w_velocity * losses["velocity"]

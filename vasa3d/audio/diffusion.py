@@ -335,11 +335,8 @@ class MotionDiffusion(WindowedMotionModel):
     def training_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Losses on a batch of raw windows (keys of the speech-motion batch contract); ``loss`` is the total."""
         x0, audio, prev, prev_len, controls = prepare_batch(self, batch)
-        B, dev = x0.shape[0], x0.device
-        keep_audio = torch.rand(B, device=dev) >= self.p_drop["audio"]
-        keep_controls = torch.rand(B, device=dev) >= self.p_drop["control"]
-        prev_len = torch.where(torch.rand(B, device=dev) < self.p_drop["prev"], 0, prev_len)
-        t = torch.randint(0, self.num_timesteps, (B,), device=dev)
+        keep_audio, keep_controls, prev_len = condition_dropout(self, prev_len)
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         s, n = self._rates(t)
         x_t = s * x0 + n * noise
@@ -366,6 +363,15 @@ class MotionDiffusion(WindowedMotionModel):
             eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
             x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
         return x
+
+
+def condition_dropout(model: WindowedMotionModel, prev_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Training-time dropout of the conditions (classifier-free guidance): ``(keep_audio [B], keep_controls [B],
+    prev_len [B])`` with the audio, the controls and the prefix each dropped with the model's probability."""
+    B, dev = prev_len.shape[0], prev_len.device
+    keep_audio = torch.rand(B, device=dev) >= model.p_drop["audio"]
+    keep_controls = torch.rand(B, device=dev) >= model.p_drop["control"]
+    return keep_audio, keep_controls, torch.where(torch.rand(B, device=dev) < model.p_drop["prev"], 0, prev_len)
 
 
 def prepare_batch(model: WindowedMotionModel, batch: dict[str, Tensor]):
