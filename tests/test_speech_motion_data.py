@@ -80,3 +80,27 @@ def test_wav_and_latent_pairs_from_a_folder(datamodule, tmp_path):
     dm.setup("fit")
     assert dm.synthesised == 0 and dm.splits["train"][-1]["audio"].shape == (50, dm.feature_dim)
     assert len(dm.splits["train"]) == len(datamodule.splits["train"]) + 1
+
+
+def test_real_video_pairs_from_an_mp4(tmp_path):
+    """An mp4 with a face and speech becomes one (features, latents) pair of the video's length."""
+    from skimage import data
+
+    from datamodules.speech_motion import load_video_pairs
+    from vasa3d.audio.features import AudioFeatureExtractor
+    from vasa3d.audio.speech import synthesize
+    from vasa3d.render.video import Mp4Writer
+
+    portrait = data.astronaut()[:384:2, 64:448:2]  # 192 px, the face well inside
+    clip = synthesize("One two three.", voice="en-us")
+    frames = int(len(clip.waveform) / clip.sample_rate * 25)
+    writer = Mp4Writer(tmp_path / "talk.mp4", 25.0)
+    for t in range(frames):
+        writer.write(np.roll(portrait, t % 3, axis=1))  # a slight shake
+    writer.close(clip.waveform, clip.sample_rate)
+    pairs = load_video_pairs(tmp_path, AudioFeatureExtractor(), dim=16)
+    assert len(pairs) == 1
+    pair = pairs[0]
+    assert abs(len(pair["audio"]) - frames) <= 1 and pair["dyn"].shape == (len(pair["audio"]), 16)
+    assert pair["pose"].shape[1] == 6 and np.isfinite(pair["dyn"]).all()
+    assert np.abs(pair["pose"][:, :3]).max() < 0.1  # a still face: close to the neutral pose
