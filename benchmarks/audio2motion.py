@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     rig = ExpressionRig()
     seeds = tuple(range(args.seeds))
     diffusion = Audio2Motion.load_from_checkpoint(args.diffusion, map_location="cpu").eval()
-    generators = {"diffusion (Audio2Motion)": lambda a, s: diffusion.generate(a, seed=s)}
+    generators = {"diffusion (Audio2Motion)": lambda a, s: diffusion.generate(a, seed=s),
+                  "diffusion, 10-frame windows (low latency)": lambda a, s: diffusion.generate(a, seed=s, window=10)}
     if args.regression.is_file():
         regression = Audio2Motion.load_from_checkpoint(args.regression, map_location="cpu").eval()
         generators["regression baseline"] = lambda a, s: regression.generate(a, seed=s)

@@ -256,3 +256,10 @@ def test_lightning_fit_and_checkpoint_round_trip(tmp_path, model_type):
     table = loaded.heldout_metrics([{"audio": audio, "latent": ref}], seeds=2)
     assert set(table) == {"model", "energy_baseline"}
     assert table["energy_baseline"]["lipsync_corr"] > 0.9
+
+
+def test_a_one_frame_tail_window_is_generated(untrained):
+    """Audio one frame longer than a whole number of windows ends in a one-frame window (with crossfade)."""
+    audio = torch.randn(2 * untrained.window + 1, untrained.audio_dim)
+    latent = untrained.generate(audio, seed=0, crossfade=2)
+    assert latent.dyn.shape[0] == len(audio) and torch.isfinite(latent.dyn).all()

@@ -52,7 +52,7 @@ def test_render_writes_a_frame_accurate_mp4_with_audio(checkpoints, online, caps
     out = folder / f"talk_{online}.mp4"
     args = ["render", "--avatar", str(folder / "avatar.ckpt"), "--motion", str(folder / "motion.ckpt"),
             "--audio", str(folder / "speech.wav"), "--camera", "orbit", "--out", str(out), "--size", str(SIZE)]
-    assert main(args + (["--online"] if online else [])) == 0
+    assert main(args + (["--online", "--window", "7"] if online else [])) == 0
     printed = capsys.readouterr().out
     assert "FPS sustained" in printed and "first frame" in printed
     expected = int(round(seconds * 25))

@@ -274,7 +274,9 @@ class WindowedMotionModel(nn.Module):
             x = self.sample_window(self.normalize_audio(audio.to(dev).float())[None], history[None], prev_len,
                                    controls, generator, cfg_audio, cfg_control, **sample_kwargs)[0]
             if crossfade > 0 and prev_len.item() >= 2:
-                residual = (x[0] - history[-1]) - 0.5 * ((x[1] - x[0]) + (history[-1] - history[-2]))
+                velocity = history[-1] - history[-2]
+                new_velocity = x[1] - x[0] if len(x) >= 2 else velocity  # a one-frame tail has no velocity
+                residual = (x[0] - history[-1]) - 0.5 * (new_velocity + velocity)
                 fade = 1 - torch.arange(min(crossfade, len(x)), device=dev) / crossfade
                 x = torch.cat([x[:len(fade)] - fade[:, None] * residual, x[len(fade):]])
             history = torch.cat([history, x])[-self.prev_frames:]

@@ -34,6 +34,8 @@ def render_command(argv: Sequence[str]) -> int:
     parser.add_argument("--cfg-control", type=float, help="control guidance scale (default: the model's)")
     parser.add_argument("--online", action="store_true", help="stream: audio in chunks, motion window by window")
     parser.add_argument("--chunk-ms", type=float, default=200.0, help="audio chunk length in online mode")
+    parser.add_argument("--window", type=int, help="frames of motion generated at a time (default: the model's "
+                        "training window); shorter windows start sooner online")
     args = parser.parse_args(list(argv))
     if args.latents is None and (args.motion is None or args.audio is None):
         parser.error("give --audio with --motion (speech-driven), or --latents (with optional --audio)")
@@ -65,7 +67,8 @@ def render_command(argv: Sequence[str]) -> int:
             task = progress.add_task("streaming", total=frames)
             chunks = stream_audio(args.audio, window_s=args.chunk_ms / 1000, sample_rate=sample_rate)
             stats = None
-            for frame, stats in head.stream(chunks, frames, args.camera, size, seed=args.seed, **guidance):
+            for frame, stats in head.stream(chunks, frames, args.camera, size, seed=args.seed, window=args.window,
+                                            **guidance):
                 writer.write(frame)
                 progress.advance(task)
         else:
@@ -73,7 +76,7 @@ def render_command(argv: Sequence[str]) -> int:
             start = time.perf_counter()
             features = head.features(waveform)
             features_s = time.perf_counter() - start
-            latents = head.motion.generate(features, seed=args.seed, **guidance)
+            latents = head.motion.generate(features, seed=args.seed, window=args.window, **guidance)
             motion_s = time.perf_counter() - start - features_s
             progress.update(task, description="rendering", total=len(latents), completed=0)
             stats = head.render_latents(latents, args.camera, size, writer, lambda: progress.advance(task))

@@ -121,11 +121,13 @@ class TalkingHead:
         return stats
 
     def stream(self, audio_chunks: Iterable[np.ndarray], total_frames: int, camera: str, size: int,
-               seed: int = 0, **generate_kwargs) -> Iterator[tuple[np.ndarray, RenderStats]]:
+               seed: int = 0, window: int | None = None, **generate_kwargs) -> Iterator[tuple[np.ndarray, RenderStats]]:
         """Online mode: yield ``(frame, stats so far)`` as audio chunks (mono, the extractor's sample rate)
-        arrive; motion is generated a window at a time, each frame rendered once its latent exists."""
+        arrive; motion is generated ``window`` frames at a time (default: the model's training window; a
+        shorter one lowers the latency), each frame rendered once its latent exists."""
         self._require_motion()
-        stats = RenderStats(buffering_s=self.motion.hparams.window / self.fps)
+        window = window or self.motion.hparams.window
+        stats = RenderStats(buffering_s=window / self.fps)
         cameras = camera_path(camera, self.viewmat, total_frames, self.fps)
         start = time.perf_counter()
         feature_stream = self.features.stream()
@@ -141,7 +143,7 @@ class TalkingHead:
             stats.features_s += time.perf_counter() - t0
             yield part
 
-        windows = self.motion.stream(features(), seed=seed, **generate_kwargs)
+        windows = self.motion.stream(features(), window=window, seed=seed, **generate_kwargs)
         while True:
             t0 = time.perf_counter()
             window = next(windows, None)
