@@ -50,17 +50,19 @@ def evaluate(system: SubjectFitting, datamodule, rigid: bool) -> dict[str, float
 
 @torch.no_grad()
 def render_ms(system: SubjectFitting, latent: MotionLatent, viewmat: torch.Tensor, K: torch.Tensor, size: int,
-              rigid: bool) -> float:
-    """Median wall time (ms) per frame to deform and render ``latent [T]`` at ``size`` px."""
+              rigid: bool, repeats: int = 3) -> float:
+    """Median wall time (ms) per frame to deform and render ``latent [T]`` at ``size`` px, over ``repeats`` passes."""
     K = K.clone()
     K[:2] *= size / (2 * float(K[0, 2]))
     times = []
-    for t in range(len(latent)):
-        start = time.perf_counter()
-        frame = system.avatar.frame(latent[t:t + 1], rigid=rigid)
-        system.avatar.render(frame, 0, viewmat[None], K[None], size, system.background, system.hparams.backend)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[2:])
+    for repeat in range(repeats):
+        for t in range(len(latent)):
+            start = time.perf_counter()
+            frame = system.avatar.frame(latent[t:t + 1], rigid=rigid)
+            system.avatar.render(frame, 0, viewmat[None], K[None], size, system.background, system.hparams.backend)
+            if repeat or t >= 2:  # the first frames warm up the kernel and caches
+                times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
              "threads). The static head has no expression model: it is posed rigidly by each latent. "
              "redetect_*: mediapipe's landmarks on the render against those on the teacher frame. "
              "fit_time_s: training wall time from the checkpoint (teacher video excluded). "
-             "render_ms: deformation + rendering of one frame, median over a held-out clip.")
+             "render_ms: deformation + rendering of one frame, median over three passes of a held-out clip.")
     paths = write_table(rows, "subject_fit", out_dir=args.out_dir, reference="stage 2 (animated)",
                         command="python " + shlex.join(["benchmarks/subject_fit.py", *sys.argv[1:]]),
                         config_text=args.config.read_text(), notes=notes,
