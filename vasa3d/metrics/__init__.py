@@ -13,7 +13,9 @@ same name.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -66,6 +68,18 @@ class MetricResult:
         if isinstance(value, str):  # "nan" / "inf" / "-inf" as written by to_dict
             value = float(value)
         return cls(value, data.get("reason"), dict(data.get("extra") or {}))
+
+
+def weights_file(path: str | os.PathLike | None, env: str, what: str, how: str) -> Path:
+    """The weights file ``path`` (else ``$env``) for ``what``; ``MetricUnavailable`` when unset or missing.
+    ``how`` says how to pass the path (e.g. "pass backbone_path")."""
+    path = path or os.environ.get(env)
+    if not path:
+        raise MetricUnavailable(f"{what} path not configured ({how} or set ${env})")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MetricUnavailable(f"{what} not found at {path}")
+    return path
 
 
 def _json_float(value: float | None) -> float | str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vasa3d.metrics import MetricResult, MetricUnavailable
+from vasa3d.metrics import MetricResult, MetricUnavailable, weights_file
 
 INCEPTION_WEIGHTS_ENV = "VASA3D_INCEPTION_WEIGHTS"
 
@@ -57,14 +57,7 @@ def load_inception(weights_path: str | os.PathLike | None = None) -> nn.Module:
     Raises:
         MetricUnavailable: no path, no such file, or a ``.pth`` file without torch-fidelity installed.
     """
-    weights_path = weights_path or os.environ.get(INCEPTION_WEIGHTS_ENV)
-    if not weights_path:
-        raise MetricUnavailable(
-            f"Inception weights path not configured (pass inception_weights or set ${INCEPTION_WEIGHTS_ENV})"
-        )
-    path = Path(weights_path).expanduser()
-    if not path.is_file():
-        raise MetricUnavailable(f"Inception weights not found at {path}")
+    path = weights_file(weights_path, INCEPTION_WEIGHTS_ENV, "Inception weights", "pass inception_weights")
     if _is_torchscript(path):
         return _TorchScriptInception(torch.jit.load(str(path), map_location="cpu")).eval()
     try:

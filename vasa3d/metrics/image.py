@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from vasa3d.metrics import MetricResult, MetricUnavailable
+from vasa3d.metrics import MetricResult, MetricUnavailable, weights_file
 
 LPIPS_BACKBONE_ENV = "VASA3D_LPIPS_BACKBONE"
 
@@ -103,14 +103,7 @@ class LPIPS(torch.nn.Module):
 
     def __init__(self, backbone_path: str | os.PathLike | None = None, net: str = "alex") -> None:
         super().__init__()
-        backbone_path = backbone_path or os.environ.get(LPIPS_BACKBONE_ENV)
-        if not backbone_path:
-            raise MetricUnavailable(
-                f"LPIPS {net} backbone weights path not configured (pass backbone_path or set ${LPIPS_BACKBONE_ENV})"
-            )
-        path = Path(backbone_path).expanduser()
-        if not path.is_file():
-            raise MetricUnavailable(f"LPIPS backbone weights not found at {path}")
+        path = weights_file(backbone_path, LPIPS_BACKBONE_ENV, f"LPIPS {net} backbone weights", "pass backbone_path")
         import lpips
 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
