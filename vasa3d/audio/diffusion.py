@@ -20,6 +20,7 @@ the regression baseline. Pure torch; no Lightning.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterable, Iterator
 
@@ -130,7 +131,7 @@ class MotionTransformer(nn.Module):
         return self.out(hidden[:, -T:]) + self.anchor_gate * anchor[:, None]
 
 
-class WindowedMotionModel(nn.Module):
+class WindowedMotionModel(nn.Module, abc.ABC):
     """Shared parts of the audio-to-motion models: normalisation, controls, windowed/streaming generation.
 
     Subclasses implement ``denoise`` (one network call) and ``sample_window``.
@@ -210,10 +211,10 @@ class WindowedMotionModel(nn.Module):
         return out
 
     # ------------------------------------------------------------ guidance
+    @abc.abstractmethod
     def denoise(self, x_t: Tensor, t: Tensor, audio: Tensor, prev: Tensor, prev_len: Tensor,
                 controls: dict[str, Tensor], keep_audio: Tensor, keep_controls: Tensor) -> Tensor:
-        """``[B, T, C]`` normalised clean motion predicted by one network call."""
-        raise NotImplementedError
+        """``[B, T, C]`` normalised clean motion predicted by one network call (each model defines it)."""
 
     def guided(self, x_t: Tensor, t: Tensor, audio: Tensor, prev: Tensor, prev_len: Tensor,
                controls: dict[str, Tensor], cfg_audio: float = 1.0, cfg_control: float = 1.0) -> Tensor:
@@ -234,11 +235,12 @@ class WindowedMotionModel(nn.Module):
             x0 = x0 + cfg_control * (out[2] - out[1])
         return x0
 
+    @abc.abstractmethod
     def sample_window(self, audio: Tensor, prev: Tensor, prev_len: Tensor, controls: dict[str, Tensor],
                       generator: torch.Generator | None = None, cfg_audio: float = 1.0, cfg_control: float = 1.0,
                       **kwargs) -> Tensor:
-        """``[B, T, C]`` normalised motion for normalised audio ``[B, T, F]`` after prefix ``prev [B, P, C]``."""
-        raise NotImplementedError
+        """``[B, T, C]`` normalised motion for normalised audio ``[B, T, F]`` after prefix ``prev [B, P, C]``
+        (each model defines it: DDIM for the diffusion model, one pass for the regression baseline)."""
 
     # ------------------------------------------------------------ windowed generation
     @torch.no_grad()
