@@ -21,8 +21,6 @@ from vasa3d.gaussians.render import Backend, RenderOutput, rasterize
 
 SH_C0 = 0.28209479177387814  # zeroth spherical-harmonic basis; .ply stores colour as sh0
 
-PARAM_NAMES = ("means", "quats", "scales", "opacities", "colors")
-
 
 class GaussianHead(nn.Module):
     """Gaussians riding a head mesh, with a learnable identity offset per mesh vertex.

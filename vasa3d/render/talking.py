@@ -156,10 +156,10 @@ class TalkingHead:
                 t1 = time.perf_counter()
                 frame = self.render_frame(window[i:i + 1], cameras[stats.frames], size)
                 stats.per_frame_render_ms.append(1000 * (time.perf_counter() - t1))
+                stats.render_s += stats.per_frame_render_ms[-1] / 1000
                 stats.frames += 1
                 if stats.first_frame_s is None:
                     stats.first_frame_s = time.perf_counter() - start
-                stats.render_s = sum(stats.per_frame_render_ms) / 1000
                 stats.wall_s = time.perf_counter() - start
                 yield frame, stats
         # feature extraction runs inside the motion model's pull: keep the motion time net of it

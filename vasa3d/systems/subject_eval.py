@@ -36,10 +36,9 @@ class SubjectEvaluation:
         target = self.target(batch)
         region = batch.get("region", torch.ones_like(batch["mask"]))
         mse = ((render - target) ** 2 * region).sum(dim=(1, 2, 3)) / (region.sum(dim=(1, 2, 3)) * 3)
-        latent = self.batch_latent(batch)
-        frame = self.avatar.frame(latent, rigid=self._rigid(batch), residual=False)
         count = batch["landmarks"].shape[1]
-        mesh_px = (project_points(self.avatar.landmarks(latent, frame)[:, :count], batch["viewmat"], batch["K"])
+        points = self.avatar.landmarks(out["latent"], out["frame"])[:, :count]  # the residual does not move them
+        mesh_px = (project_points(points, batch["viewmat"], batch["K"])
                    - batch["landmarks"]).norm(dim=-1).mean(-1)
         metrics = {
             "psnr": (-10 * torch.log10(mse.clamp(min=1e-10))).mean(),

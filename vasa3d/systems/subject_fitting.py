@@ -304,11 +304,13 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
         return batch["image"] * mask + self.background[None, :, None, None] * (1 - mask)
 
     def compute_losses(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """All loss terms (and ``total``, their weighted sum) and the renders they came from."""
+        """All loss terms (and ``total``, their weighted sum) and the renders they came from (with the
+        batch's ``latent`` and the avatar's ``frame`` geometry)."""
         hp = self.hparams
         latent = self.batch_latent(batch)
         frame = self.avatar.frame(latent, rigid=self._rigid(batch))
         out = self.render_frames(batch, frame)
+        out.update(latent=latent, frame=frame)
         photo = photometric_losses(out["rgb"], out["alpha"], self.target(batch), batch["mask"], batch.get("region"),
                                    trim=hp.robust_trim, lpips=self.lpips_fn(), reduction="frame")
         if "intended_landmarks" in batch:
