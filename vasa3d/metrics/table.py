@@ -5,6 +5,12 @@ The markdown starts with what is needed to reproduce the numbers: the command, t
 resolved config, the git commit (and whether the tree was dirty), package versions and the machine.
 A delta against a reference row (e.g. ``full``) is given per metric and marked better/worse by the
 metric's direction.
+
+The markdown is for reading on a laptop: no table is wider than ``MAX_MARKDOWN_COLUMNS`` (metrics are
+sectioned by split, ``heldout_pose/psnr`` -> section ``heldout_pose``, and wide sections are cut), and
+a cell that is not measured reads ``n/m¹``, its reason written once in a numbered list under the
+tables. The CSV and JSON keep every field, unabridged, in one table; ``python -m vasa3d.metrics.table
+--rewrite FILE.json`` re-renders a table's markdown from its JSON alone.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ LOWER_IS_BETTER = (
     "lpips", "fid", "kid", "lmd", "lip", "identity_l2", "lse_d", "loss", "error", "time", "seconds", "mse", "l1",
 )  # fmt: skip
 VERSION_PACKAGES = ("torch", "vasa3d", "gsplat", "lightning", "mediapipe", "torchmetrics")
+MAX_MARKDOWN_COLUMNS = 12  # a markdown table wider than this does not fit a laptop screen
+_SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def metric_direction(name: str, directions: Mapping[str, int] | None = None) -> int:
@@ -115,6 +123,7 @@ def write_table(
     date: str | None = None,
     directions: Mapping[str, int] | None = None,
     notes: str | None = None,
+    max_columns: int = MAX_MARKDOWN_COLUMNS,
 ) -> dict[str, Path]:
     """Write one table as markdown, CSV and JSON; returns ``{"md": path, "csv": path, "json": path}``.
 
@@ -128,6 +137,8 @@ def write_table(
         date: ``YYYY-MM-DD``; default today.
         directions: ``{metric: +1 | -1}`` overriding :func:`metric_direction`.
         notes: a free-text paragraph under the header.
+        max_columns: the most columns of any markdown table (see :func:`render_markdown`); CSV and JSON
+            keep every field in one table.
     """
     date = date or dt.date.today().isoformat()
     command = command or " ".join([Path(sys.executable).name, *sys.argv])
@@ -166,21 +177,158 @@ def write_table(
         json_rows.append(json_row)
         csv_rows.append(csv_row)
 
+    markdown = render_markdown(table, meta, max_columns)  # first: a bad max_columns writes nothing
     paths["json"].write_text(json.dumps({"meta": {**meta, "config": config_text}, "rows": json_rows}, indent=2) + "\n")
     with paths["csv"].open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(csv_header)
         writer.writerows(csv_rows)
-    paths["md"].write_text(_markdown(table, metric_names, meta, reference_row, missing))
+    paths["md"].write_text(markdown)
     return paths
 
 
-def _markdown(table: dict, metric_names: list[str], meta: dict, reference_row: dict | None, missing: MetricResult) -> str:
+def _superscript(number: int) -> str:
+    return str(number).translate(_SUPERSCRIPT_DIGITS)
+
+
+def _split_name(metric: str) -> tuple[str, str]:
+    """``"heldout_pose/psnr"`` -> ``("heldout_pose", "psnr")``; a name without ``/`` is in group ``""``."""
+    group, _, leaf = metric.rpartition("/")
+    return group, leaf
+
+
+def _chunks(names: list[str], per_table: int) -> list[list[str]]:
+    """``names`` cut into as few runs of at most ``per_table`` as possible, of near-equal length."""
+    if not names:  # a table of row names only
+        return [[]]
+    count = -(-len(names) // per_table)
+    size = -(-len(names) // count)
+    return [names[start:start + size] for start in range(0, len(names), size)]
+
+
+class _Footnotes:
+    """Numbers each distinct reason once, in reading order; ``marker(reason)`` is its superscript."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, int] = {}
+
+    def marker(self, reason: str | None) -> str:
+        if not reason:
+            return ""
+        return _superscript(self.numbers.setdefault(reason, len(self.numbers) + 1))
+
+    def lines(self) -> list[str]:
+        return [f"- {_superscript(number)} {reason}" for reason, number in self.numbers.items()]
+
+
+def _whole_row_reason(
+    metrics: Mapping[str, MetricResult], metric_names: list[str], missing: MetricResult
+) -> str | None:
+    """The one reason when no metric of the row has a value and all share that reason, else None."""
+    cells = [metrics.get(metric, missing) for metric in metric_names]
+    reasons = {cell.reason for cell in cells}
+    return reasons.pop() if cells and len(reasons) == 1 and all(cell.value is None for cell in cells) else None
+
+
+def _markdown_table(
+    metrics_shown: list[str],
+    rows: Mapping[str, Mapping[str, MetricResult]],
+    reference: str | None,
+    directions: Mapping[str, int],
+    footnotes: _Footnotes,
+) -> list[str]:
+    """One markdown table: a row per entry of ``rows``, a column per metric (its ``/``-last part) and, with a
+    ``reference`` row present, a Δ column after each; reasons become ``footnotes`` markers."""
     arrows = {1: " ↑", -1: " ↓", 0: ""}
+    missing = MetricResult.not_measured("not reported")
+    reference_row = rows.get(reference) if reference else None
+    header = ["variant"]
+    for metric in metrics_shown:
+        leaf = _split_name(metric)[1]
+        header.append(f"{leaf}{arrows[int(directions.get(metric, 0))]}")
+        header += [f"Δ {leaf}"] if reference_row is not None else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row_name, metrics in rows.items():
+        is_reference = reference_row is not None and row_name == reference
+        cells = [f"**{row_name}**" if is_reference else row_name]
+        for metric in metrics_shown:
+            cell = metrics.get(metric, missing)
+            cells.append(("n/m" if cell.value is None else _fmt(float(cell.value))) + footnotes.marker(cell.reason))
+            if reference_row is None:
+                continue
+            if is_reference:
+                cells.append("(reference)")
+                continue
+            difference, mark = delta(cell, reference_row.get(metric, missing), int(directions.get(metric, 0)))
+            cells.append("—" if difference is None else f"{difference:+.4g}" + (f" {mark}" if mark else ""))
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return lines
+
+
+def render_markdown(
+    table: Mapping[str, Mapping[str, MetricResult]],
+    meta: Mapping[str, Any],
+    max_columns: int = MAX_MARKDOWN_COLUMNS,
+) -> str:
+    """The markdown of one table: the reproducibility header, then the metrics in tables of at most ``max_columns``.
+
+    Metrics are grouped by what precedes their last ``/`` (a split: ``heldout_pose/psnr`` -> section
+    ``heldout_pose``, column ``psnr``), sections in order of first appearance; names without ``/`` form
+    the section "overall" when there are others. A section wider than ``max_columns`` (the row-name
+    column and, with a reference row, a Δ column per metric included) is cut into several tables of
+    near-equal width. A cell with a reason (not measured: ``n/m``; NaN; a note on a value) carries a
+    superscript number; each reason is written once, in the numbered list under the tables. A row
+    (other than the reference) with no value in any column, all for one reason, is named once under
+    the tables rather than shown.
+
+    Args:
+        table: ``{row name: {metric: MetricResult}}``, in display order; a missing cell is "not reported".
+        meta: the ``meta`` of the table's JSON (``name``, ``date``, ``command``, ``config_sha256``, ``git``,
+            ``versions``, ``machine``, ``reference``, ``directions``, ``notes``).
+        max_columns: the most columns a markdown table may have (at least 3).
+    """
+    if max_columns < 3:
+        raise ValueError(f"max_columns={max_columns}: a table needs the row name, a metric and its Δ; use at least 3")
+    missing = MetricResult.not_measured("not reported")
+    reference = meta.get("reference") if meta.get("reference") in table else None
+    metric_names = list(dict.fromkeys(key for metrics in table.values() for key in metrics))
+    groups: dict[str, list[str]] = {}
+    for metric in metric_names:
+        groups.setdefault(_split_name(metric)[0], []).append(metric)
+    groups = groups or {"": []}
+    sectioned = len(groups) > 1 or bool(next(iter(groups)))
+    per_table = (max_columns - 1) // (2 if reference is not None else 1)
+    # A row with no value in any column for one reason (a method not fitted, a failed run) is named once
+    # under the tables instead of filling every table with n/m; the reference row always stays.
+    blank = {row_name: _whole_row_reason(metrics, metric_names, missing) for row_name, metrics in table.items()
+             if row_name != reference}
+    blank = {row_name: reason for row_name, reason in blank.items() if reason is not None}
+    shown = {row_name: metrics for row_name, metrics in table.items() if row_name not in blank}
+    if not shown:
+        shown, blank = dict(table), {}
+
+    footnotes = _Footnotes()
+    body: list[str] = []
+    for group, members in groups.items():
+        body += ["", f"## {group or 'overall'}"] if sectioned else []
+        for chunk in _chunks(members, per_table):
+            body += ["", *_markdown_table(chunk, shown, reference, meta.get("directions") or {}, footnotes)]
+    # numbered after the cells' reasons, as the line naming these rows comes after the tables
+    names = ", ".join(f"{row_name.replace('|', '/')}{footnotes.marker(reason)}" for row_name, reason in blank.items())
+    if footnotes.numbers:
+        body += ["", "## reasons" if sectioned else "Reasons:", ""]
+        body += [f"Rows with no value in any column: {names}.", ""] if blank else []
+        body += footnotes.lines()
+
     git = meta["git"]
-    dirty = {True: " (dirty: uncommitted changes)", False: "", None: ""}[git["dirty"]]
+    dirty = {True: " (dirty: uncommitted changes)", False: "", None: ""}[git.get("dirty")]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     machine = meta["machine"]
+    legend = "- ↑ higher is better, ↓ lower is better"
+    if reference is not None:
+        legend += f"; Δ is the difference to the `{reference}` row, marked better/worse"
+    if footnotes.numbers:
+        legend += "; n/m: not measured; a superscript number points to its reason under the tables"
     lines = [
         f"# {meta['name']}",
         "",
@@ -190,30 +338,11 @@ def _markdown(table: dict, metric_names: list[str], meta: dict, reference_row: d
         f"- git: `{git['commit']}`{dirty}",
         f"- versions: {versions}",
         f"- machine: {machine['cpus']} CPUs, GPU: {machine['gpu']} ({machine['platform']})",
-        "- ↑ higher is better, ↓ lower is better"
-        + (f"; Δ is the difference to the `{meta['reference']}` row, marked better/worse" if reference_row else ""),
+        legend,
     ]
     if meta.get("notes"):
         lines += ["", meta["notes"]]
-    header = ["variant"]
-    for metric in metric_names:
-        header.append(f"{metric}{arrows[meta['directions'][metric]]}")
-        if reference_row is not None:
-            header.append(f"Δ {metric}")
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row_name, metrics in table.items():
-        cells = [f"**{row_name}**" if reference_row is not None and metrics is reference_row else row_name]
-        for metric in metric_names:
-            cell = metrics.get(metric, missing)
-            cells.append(cell.format())
-            if reference_row is not None:
-                if metrics is reference_row:
-                    cells.append("(reference)")
-                    continue
-                difference, mark = delta(cell, reference_row.get(metric, missing), meta["directions"][metric])
-                cells.append("—" if difference is None else f"{difference:+.4g}" + (f" {mark}" if mark else ""))
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + body) + "\n"
 
 
 def read_table(path: str | os.PathLike) -> tuple[dict[str, dict[str, MetricResult]], dict[str, Any]]:
@@ -221,3 +350,48 @@ def read_table(path: str | os.PathLike) -> tuple[dict[str, dict[str, MetricResul
     data = json.loads(Path(path).read_text())
     rows = {row["name"]: {k: MetricResult.from_dict(v) for k, v in row["metrics"].items()} for row in data["rows"]}
     return rows, data["meta"]
+
+
+def rewrite_markdown(json_path: str | os.PathLike, max_columns: int = MAX_MARKDOWN_COLUMNS) -> Path:
+    """Re-render the ``.md`` beside a table's ``.json`` from the JSON alone (the CSV and JSON are not touched).
+
+    Args:
+        json_path: a ``<date>-<name>.json`` written by :func:`write_table`.
+        max_columns: as in :func:`render_markdown`.
+
+    Returns:
+        the path of the ``.md`` written.
+    """
+    json_path = Path(json_path)
+    data = json.loads(json_path.read_text())
+    if not (isinstance(data, dict) and isinstance(data.get("meta"), dict) and isinstance(data.get("rows"), list)
+            and all(isinstance(row, dict) and "metrics" in row for row in data["rows"])):
+        raise ValueError(f"{json_path}: not a table written by write_table (needs 'meta' and 'rows' with 'metrics'); "
+                         "its markdown has another writer")
+    rows, meta = read_table(json_path)
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(render_markdown(rows, meta, max_columns))
+    return md_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vasa3d.metrics.table --rewrite FILE.json [FILE.json ...] [--max-columns N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vasa3d.metrics.table", description=main.__doc__)
+    parser.add_argument("--rewrite", type=Path, nargs="+", required=True, metavar="FILE.json",
+                        help="tables whose .md is re-rendered from the .json beside it")
+    parser.add_argument("--max-columns", type=int, default=MAX_MARKDOWN_COLUMNS, help="the widest markdown table")
+    args = parser.parse_args(argv)
+    failed = 0
+    for json_path in args.rewrite:  # every file is tried; a glob may include JSON of other writers
+        try:
+            print(rewrite_markdown(json_path, args.max_columns))
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
