@@ -22,6 +22,8 @@ from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.portrait import default_portrait, portrait_sample
+from vasa3d.cache import source_hash
+from vasa3d.errors import UserInputError
 from vasa3d.face import analyze_portrait
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.motion.sampling import sample_talking_motion
@@ -30,6 +32,9 @@ from vasa3d.teachers.evaluation import detect_landmarks
 
 SPLITS = ("train", "heldout_latent", "heldout_pose")
 CACHE_VERSION = 2  # 2: the subject files hold the portrait crop, mask and head region
+# The code that makes the cached data: its source is part of the cache key (with the teacher's own module).
+SOURCES = ("datamodules.synthetic_video", "datamodules.portrait", "vasa3d.face", "vasa3d.motion", "vasa3d.teachers",
+           "vasa3d.gaussians", "vasa3d.losses")
 
 
 class _Frames(Dataset):
@@ -113,10 +118,10 @@ class SyntheticVideoDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if val_split not in SPLITS:
-            raise ValueError(f"val_split={val_split!r}: choose one of {SPLITS}")
+            raise UserInputError(f"val_split={val_split!r}: choose one of {SPLITS}")
         self.save_hyperparameters(ignore=["teacher"])
         if portrait is not None and portraits not in (None, [], [None]):
-            raise ValueError(f"SyntheticVideoDataModule: give portrait={portrait!r} or portraits={portraits!r}, "
+            raise UserInputError(f"SyntheticVideoDataModule: give portrait={portrait!r} or portraits={portraits!r}, "
                              "not both")
         self.portraits = [portrait] if portrait is not None else (list(portraits) if portraits else [None])
         self.teacher = teacher if teacher is not None else MeshLiftTeacher()
@@ -127,7 +132,8 @@ class SyntheticVideoDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ cache
     def cache_key(self) -> str:
-        """Hash of everything that determines the data (settings, portraits' bytes, the teacher's settings)."""
+        """Hash of everything that determines the data: settings, portraits' bytes, the teacher's settings and
+        the source of the code that makes the frames (:data:`SOURCES`), so changed code never reuses old clips."""
         # `portrait` is shorthand for `portraits`; the photos themselves are hashed below, by their bytes
         hp = {k: v for k, v in self.hparams.items() if k not in ("cache_dir", "batch_size", "val_split", "portrait")}
         hp["portraits"] = [None if p is None else str(p) for p in self.portraits]
@@ -138,6 +144,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         teacher_settings = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in vars(self.teacher).items()
                             if not k.startswith("_") and isinstance(v, (int, float, str, bool, torch.Tensor))}
         digest.update(f"{type(self.teacher).__qualname__}{sorted(teacher_settings.items())}v{CACHE_VERSION}".encode())
+        digest.update(source_hash(*SOURCES, type(self.teacher).__module__).encode())
         return digest.hexdigest()[:16]
 
     @property

@@ -14,6 +14,7 @@ import cv2
 import mediapipe as mp
 import numpy as np
 
+from vasa3d.errors import UserInputError
 from vasa3d.face.errors import FaceIndexError, FaceTooSmallError, LandmarkError, MultipleFacesWarning, NoFaceError
 from vasa3d.face.io import ImageInput, describe_source, load_image
 from vasa3d.face.template import load_template
@@ -65,9 +66,9 @@ def analyze_portrait(
         fov_deg: the assumed field of view of the crop's pinhole camera, in degrees.
     """
     if crop_size < 32:
-        raise ValueError(f"crop_size={crop_size} is too small; use at least 32 px (256 is typical)")
+        raise UserInputError(f"crop_size={crop_size} is too small; use at least 32 px (256 is typical)")
     if not 0.0 < fov_deg < 180.0:
-        raise ValueError(f"fov_deg={fov_deg} must lie strictly between 0 and 180 degrees (20 is typical)")
+        raise UserInputError(f"fov_deg={fov_deg} must lie strictly between 0 and 180 degrees (20 is typical)")
     source = describe_source(image_or_path)
     image = load_image(image_or_path)
     boxes = detect_faces(image)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from vasa3d.errors import UserInputError
 
-class FaceAnalysisError(ValueError):
+
+class FaceAnalysisError(UserInputError):
     """Base class: the portrait cannot be analysed as given."""
 
 
