@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from vasa3d import runs
+
 SPLITS = ("heldout_latent", "heldout_pose")
 BENCH_KEYS = {"name", "subjects", "methods", "fit_missing", "lpips_backbone", "inception_weights", "splits",
               "identity_every", "frontal_yaw_deg", "out_dir", "reference", "python"}
@@ -58,7 +60,13 @@ class Bench:
     python: str = sys.executable
 
     def checkpoint(self, method: Method, subject: Subject) -> Path:
-        return Path(str(method.checkpoint).format(subject=subject.name))
+        """The method's checkpoint file. A folder names a run root (``outputs/fit_subject/astronaut``):
+        its newest ``version_N/checkpoints/last.ckpt``, else ``<folder>/checkpoints/last.ckpt`` (where a
+        bench fit writes)."""
+        path = Path(str(method.checkpoint).format(subject=subject.name))
+        if path.suffix == ".ckpt":
+            return path
+        return runs.last_checkpoint(path) or path / "checkpoints" / "last.ckpt"
 
     def should_fit(self, method: Method) -> bool:
         return self.fit_missing if method.fit is None else bool(method.fit)

@@ -98,9 +98,20 @@ def place_run(config: Namespace, subcommand: str, tracker: RunTracker) -> Path:
     root = runs.run_root([str(c) for c in (config.get("config") or [])], _subject(config),
                          trainer.get("default_root_dir"), fallback)
     ckpt_path = config.get("ckpt_path")
+    loggers = trainer.get("logger")
+    logger_list = [item for item in (loggers if isinstance(loggers, list) else [loggers])
+                   if isinstance(item, Namespace) and _short(item.get("class_path")) in LOGGERS_WITH_VERSIONS]
+    # A config that pins the logger's version and the root (as `vasa3d sweep` does) chose its own layout.
+    pinned = trainer.get("default_root_dir") is not None and any(
+        (item.get("init_args") or Namespace()).get("version") is not None for item in logger_list)
     inherited = os.environ.get(RUN_DIR_ENV) if os.environ.get("LOCAL_RANK", "0") != "0" else None
     if inherited:
         run_dir = Path(inherited)
+    elif pinned:
+        run_dir = root
+        if ckpt_path == "last":
+            last = runs.last_checkpoint(root)
+            config.ckpt_path = str(last) if last is not None else None
     elif ckpt_path == "last":
         last = runs.last_checkpoint(root)
         if last is None:
@@ -118,13 +129,11 @@ def place_run(config: Namespace, subcommand: str, tracker: RunTracker) -> Path:
     tracker.claim(run_dir)
     trainer.default_root_dir = str(run_dir)
     version = run_dir.name
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if isinstance(logger, Namespace) and _short(logger.get("class_path")) in LOGGERS_WITH_VERSIONS:
-            init = logger.get("init_args") or Namespace()
-            init.save_dir, init.name, init.version = str(run_dir.parent), "", version
-            logger.init_args = init
-    if loggers in (None, True):
+    for logger in [] if pinned else logger_list:
+        init = logger.get("init_args") or Namespace()
+        init.save_dir, init.name, init.version = str(run_dir.parent), "", version
+        logger.init_args = init
+    if loggers in (None, True) and not pinned:
         trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
                                    init_args=Namespace(save_dir=str(run_dir.parent), name="", version=version))
     for callback in trainer.get("callbacks") or []:

@@ -18,6 +18,7 @@ from vasa3d.errors import UserInputError
 from vasa3d.face.errors import FaceIndexError, FaceTooSmallError, LandmarkError, MultipleFacesWarning, NoFaceError
 from vasa3d.face.io import ImageInput, describe_source, load_image
 from vasa3d.face.template import load_template
+from vasa3d.quiet import native_stderr_silenced
 
 MESH_INPUT_PX = 512  # the face mesh sees the face resampled into a square of this size
 MESH_CONTEXT = 2.0  # that square is this many detection boxes wide, centred on the box
@@ -92,7 +93,7 @@ def analyze_portrait(
     landmarks[:, :2] = landmarks_image[:, :2] @ affine[:, :2].T + affine[:, 2]
     landmarks[:, 2] *= math.sqrt(abs(np.linalg.det(affine[:, :2])))
     crop_u8 = np.round(crop * 255.0).astype(np.uint8)
-    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as segmenter:
+    with native_stderr_silenced(), mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as segmenter:
         mask = np.clip(segmenter.process(crop_u8).segmentation_mask, 0.0, 1.0)
     K, viewmat, error = estimate_camera(landmarks[:468, :2], crop_size, fov_deg)
     height, width_px = image.shape[:2]
@@ -127,7 +128,8 @@ def detect_faces(image: np.ndarray) -> list[np.ndarray]:
     """
     height, width = image.shape[:2]
     for model in (1, 0):
-        with mp.solutions.face_detection.FaceDetection(model_selection=model, min_detection_confidence=0.5) as detector:
+        with native_stderr_silenced(), mp.solutions.face_detection.FaceDetection(
+                model_selection=model, min_detection_confidence=0.5) as detector:
             result = detector.process(image)
         if result.detections:
             break
@@ -171,7 +173,8 @@ def _mesh_landmarks(image: np.ndarray, box: np.ndarray, source: str) -> np.ndarr
     affine = np.array([[scale, 0.0, MESH_INPUT_PX / 2 - scale * centre[0]],
                        [0.0, scale, MESH_INPUT_PX / 2 - scale * centre[1]]])
     view = np.round(warp_to_crop(image, affine, MESH_INPUT_PX) * 255.0).astype(np.uint8)
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=2) as mesh:
+    with native_stderr_silenced(), mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
+                                                                   max_num_faces=2) as mesh:
         result = mesh.process(view)
     if not result.multi_face_landmarks:
         raise LandmarkError(

@@ -87,12 +87,14 @@ def detect_landmarks(frames: Tensor, video: bool = True) -> np.ndarray:
     """
     import mediapipe as mp
 
+    from vasa3d.quiet import native_stderr_silenced
+
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [B, 3, H, W] in [0, 1]; got {tuple(frames.shape)}")
     height, width = frames.shape[-2:]
     rgb = (frames.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     out = np.full((len(rgb), NUM_LANDMARKS, 2), np.nan)
-    with mp.solutions.face_mesh.FaceMesh(
+    with native_stderr_silenced(), mp.solutions.face_mesh.FaceMesh(
         static_image_mode=not video, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5
     ) as mesh:
         for index, image in enumerate(rgb):
