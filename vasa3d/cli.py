@@ -187,8 +187,16 @@ def bench_command(argv: Sequence[str]) -> int:
     return run(argv)
 
 
+def talk_command(argv: Sequence[str]) -> int:
+    """``vasa3d talk``: portrait + speech to a talking video (see :mod:`vasa3d.render.talk`)."""
+    from vasa3d.render.talk import talk_command as run
+
+    return run(argv)
+
+
 EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "export": export_command, "render": render_command, "sweep": sweep_command, "bench": bench_command}
+    "export": export_command, "render": render_command, "sweep": sweep_command, "bench": bench_command,
+    "talk": talk_command}
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

@@ -66,11 +66,14 @@ def keyframe_path(viewmat: Tensor, frames: int, fps: float, path: str | Path) ->
 
 
 def camera_path(spec: str, viewmat: Tensor, frames: int, fps: float) -> Tensor:
-    """``[T, 4, 4]`` for ``spec``: ``static``, ``orbit`` or the path of a keyframe JSON file."""
+    """``[T, 4, 4]`` for ``spec``: ``static``, ``orbit`` (±30° every 6 s), ``slow_orbit`` (±25° every 16 s)
+    or the path of a keyframe JSON file."""
     if spec == "static":
         return static_path(viewmat, frames)
     if spec == "orbit":
         return orbit_path(viewmat, frames, fps)
+    if spec == "slow_orbit":
+        return orbit_path(viewmat, frames, fps, yaw_deg=25.0, pitch_deg=4.0, period_s=16.0)
     if Path(spec).suffix.lower() == ".json":
         return keyframe_path(viewmat, frames, fps, spec)
-    raise ValueError(f"--camera {spec!r}: use static, orbit, or a keyframe .json file")
+    raise ValueError(f"--camera {spec!r}: use static, orbit, slow_orbit, or a keyframe .json file")
