@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from vasa3d.face.template import load_template
@@ -74,8 +75,22 @@ def test_export_ply_has_the_3dgs_layout(tmp_path):
         assert name in props
     assert f"element vertex {head.num_gaussians}" in header
     data = np.frombuffer(raw[header_end:], dtype="<f4").reshape(head.num_gaussians, len(props))
-    means = head.world_gaussians()["means"].detach().numpy()
-    np.testing.assert_allclose(data[:, :3], means, atol=1e-6)
+    g = head.world_gaussians()
+    flip = np.diag([1.0, -1.0, -1.0])  # default y_down: the 3DGS/COLMAP frame viewers assume
+    np.testing.assert_allclose(data[:, :3], g["means"].detach().numpy() @ flip, atol=1e-6)
+    # rotations turn with the positions: R_file = flip @ R_template, so the covariances match
+    from vasa3d.gaussians.projection import quat_to_rotmat
+
+    rot = [props.index(f"rot_{i}") for i in range(4)]
+    r_file = quat_to_rotmat(torch.from_numpy(data[:, rot].copy())).numpy()
+    r_template = quat_to_rotmat(g["quats"].detach()).numpy()
+    np.testing.assert_allclose(r_file, flip @ r_template, atol=1e-5)
+    # y_up keeps the template frame
+    up = head.export_ply(tmp_path / "up.ply", orientation="y_up").read_bytes()
+    data_up = np.frombuffer(up[up.index(b"end_header\n") + 11:], dtype="<f4").reshape(head.num_gaussians, -1)
+    np.testing.assert_allclose(data_up[:, :3], g["means"].detach().numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="orientation"):
+        head.export_ply(tmp_path / "x.ply", orientation="sideways")
 
 
 def test_resize_to_accepts_a_densified_state_dict():

@@ -156,10 +156,13 @@ def datamodule_from_config(*configs: str | Path, args: Sequence[str] = ()) -> L.
 
 
 def export_command(argv: Sequence[str]) -> int:
-    """``vasa3d export --ckpt run.ckpt --out head.ply``: a fitted head as a standard 3DGS .ply."""
+    """``vasa3d export --ckpt run.ckpt --out head.ply``: a fitted head as a standard 3DGS .ply (a run folder names
+    its newest ``last.ckpt``)."""
     parser = argparse.ArgumentParser(prog="vasa3d export", description=export_command.__doc__)
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `vasa3d fit`")
     parser.add_argument("--out", required=True, type=Path, help="where to write the .ply")
+    parser.add_argument("--orientation", choices=("y_down", "y_up"), default="y_down",
+                        help="y_down: the 3DGS/COLMAP frame splat viewers expect (default); y_up: three.js style")
     args = parser.parse_args(list(argv))
     try:
         ckpt = runs.resolve_checkpoint(args.ckpt)
@@ -168,7 +171,7 @@ def export_command(argv: Sequence[str]) -> int:
     from vasa3d.systems import SubjectFitting
 
     system = SubjectFitting.load_from_checkpoint(ckpt, map_location="cpu")
-    path = system.head.export_ply(args.out)
+    path = system.head.export_ply(args.out, orientation=args.orientation)
     print(f"wrote {path} ({system.head.num_gaussians} Gaussians)")
     return 0
 

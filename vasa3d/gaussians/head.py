@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -180,18 +181,31 @@ class GaussianHead(nn.Module):
                 self.splats[name] = nn.Parameter(torch.zeros_like(saved), requires_grad=self.splats[name].requires_grad)
 
     @torch.no_grad()
-    def export_ply(self, path: str | Path, vertices: Tensor | None = None) -> Path:
-        """Write the standard 3DGS ``.ply`` (template frame: +y up, +z out of the face, metres)."""
+    def export_ply(self, path: str | Path, vertices: Tensor | None = None,
+                   orientation: Literal["y_down", "y_up"] = "y_down") -> Path:
+        """Write the standard 3DGS ``.ply`` (metres, head centre at the origin).
+
+        ``orientation``: ``y_down`` (default) is the 3DGS/COLMAP convention that splat viewers assume
+        (SuperSplat, antimatter15/splat, gaussian-splats-3d): +y down, the face towards -z, so the head
+        opens upright. ``y_up`` keeps the template frame (+y up, +z out of the face; three.js style).
+        """
         from gsplat import export_splats
 
+        if orientation not in ("y_down", "y_up"):
+            raise ValueError(f"orientation={orientation!r}: use 'y_down' (3DGS/COLMAP viewers) or 'y_up'")
         g = self.world_gaussians(vertices)
+        means, quats = g["means"].float().cpu(), F.normalize(g["quats"].float().cpu(), dim=-1)
+        if orientation == "y_down":  # a half turn about x: (x, y, z) -> (x, -y, -z); q -> (0, 1, 0, 0) * q
+            means = means * torch.tensor([1.0, -1.0, -1.0])
+            w, x, y, z = quats.unbind(-1)
+            quats = torch.stack([-x, w, -z, y], dim=-1)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         n = self.num_gaussians
         export_splats(
-            means=g["means"].float().cpu(),
+            means=means,
             scales=torch.log(g["scales"]).float().cpu(),
-            quats=g["quats"].float().cpu(),
+            quats=quats,
             opacities=self.splats["opacities"].float().cpu(),
             sh0=((g["colors"] - 0.5) / SH_C0).float().cpu()[:, None, :],
             shN=torch.zeros(n, 0, 3),

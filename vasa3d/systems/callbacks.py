@@ -49,15 +49,17 @@ class PlyExporter(L.Callback):
 
     Args:
         filename: name of the file inside the run folder.
+        orientation: ``y_down`` (3DGS/COLMAP convention: opens upright in common splat viewers) or
+            ``y_up`` (the template frame, three.js style).
     """
 
-    def __init__(self, filename: str = "head.ply") -> None:
-        self.filename = filename
+    def __init__(self, filename: str = "head.ply", orientation: str = "y_down") -> None:
+        self.filename, self.orientation = filename, orientation
 
     @torch.no_grad()
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank == 0:
-            pl_module.head.export_ply(run_dir(trainer) / self.filename)
+            pl_module.head.export_ply(run_dir(trainer) / self.filename, orientation=self.orientation)
 
 
 class ValidationVideoWriter(L.Callback):
