@@ -93,6 +93,11 @@ def place_run(config: Namespace, subcommand: str, tracker: RunTracker) -> Path:
     A DDP launcher re-runs the command in new processes; they take the folder rank 0 chose.
     """
     trainer = config.trainer
+    if trainer.get("strategy") == "ddp":
+        # Our systems own parameters that a given configuration leaves out of the loss (the static head's
+        # expression model, the motion model's unused condition embeddings): plain DDP stops at the first
+        # step; DDP that looks for unused parameters runs every config.
+        trainer.strategy = "ddp_find_unused_parameters_true"
     model = config.get("model")
     fallback = _short(model.get("class_path") if isinstance(model, Namespace) else "run").lower() or "run"
     root = runs.run_root([str(c) for c in (config.get("config") or [])], _subject(config),
