@@ -29,6 +29,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from vasa3d import runs
 from vasa3d.cli import datamodule_from_config
 from vasa3d.metrics import MetricResult
 from vasa3d.metrics.table import write_table
@@ -67,16 +68,19 @@ def render_ms(system: SubjectFitting, latent: MotionLatent, viewmat: torch.Tenso
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage2", type=Path, default=ROOT / "outputs/fit_subject/checkpoints/last.ckpt")
-    parser.add_argument("--static", type=Path, default=ROOT / "outputs/fit_portrait/checkpoints/last.ckpt")
+    parser.add_argument("--stage2", type=Path, default=ROOT / "outputs/fit_subject/astronaut",
+                        help="checkpoint, run folder or run root (its newest last.ckpt)")
+    parser.add_argument("--static", type=Path, default=ROOT / "outputs/fit_portrait/astronaut",
+                        help="checkpoint, run folder or run root (its newest last.ckpt)")
     parser.add_argument("--config", type=Path, default=ROOT / "experiments/fit_subject.yaml",
                         help="the stage-2 fit config (its data section gives the held-out clips)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/results")
     args = parser.parse_args(argv)
-    for path in (args.stage2, args.static):
-        if not path.is_file():
-            parser.error(f"{path}: no such checkpoint (fit it first; see the module docstring)")
+    try:
+        args.stage2, args.static = runs.resolve_checkpoint(args.stage2), runs.resolve_checkpoint(args.static)
+    except FileNotFoundError as error:
+        parser.error(f"{error} (fit it first; see the module docstring)")
 
     datamodule = datamodule_from_config(args.config)
     datamodule.setup("test")

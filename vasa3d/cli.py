@@ -169,10 +169,7 @@ def export_command(argv: Sequence[str]) -> int:
     parser.add_argument("--orientation", choices=("y_down", "y_up"), default="y_down",
                         help="y_down: the 3DGS/COLMAP frame splat viewers expect (default); y_up: three.js style")
     args = parser.parse_args(list(argv))
-    try:
-        ckpt = runs.resolve_checkpoint(args.ckpt)
-    except FileNotFoundError as error:
-        raise UserInputError(str(error)) from error
+    ckpt = runs.resolve_checkpoint(args.ckpt)
     from vasa3d.systems import SubjectFitting
 
     system = SubjectFitting.load_from_checkpoint(ckpt, map_location="cpu")

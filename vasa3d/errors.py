@@ -20,3 +20,7 @@ def one_line(message: str, limit: int = 400) -> str:
     """The message on one line: whitespace runs collapsed, cut at ``limit`` characters."""
     text = " ".join(str(message).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class MissingInputError(UserInputError, FileNotFoundError):
+    """A file the user named (portrait, audio, checkpoint, config) does not exist."""

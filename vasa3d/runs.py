@@ -84,8 +84,10 @@ def run_of_checkpoint(checkpoint: Path) -> Path | None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file from a file, a run folder or a run root (the newest ``last.ckpt`` under it).
 
-    Raises ``FileNotFoundError`` naming what was looked for.
+    Raises :class:`~vasa3d.errors.MissingInputError` (a ``FileNotFoundError``) naming what was looked for.
     """
+    from vasa3d.errors import MissingInputError
+
     path = Path(path)
     if path.is_file():
         return path
@@ -93,5 +95,5 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = last_checkpoint(path)
         if found is not None:
             return found
-        raise FileNotFoundError(f"{path}: no checkpoints/last.ckpt in it or in any version_N under it")
-    raise FileNotFoundError(f"{path}: no such checkpoint or run folder")
+        raise MissingInputError(f"{path}: no checkpoints/last.ckpt in it or in any version_N under it")
+    raise MissingInputError(f"{path}: no such checkpoint or run folder")

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import torch
 
+from vasa3d import runs
+from vasa3d.errors import MissingInputError
+
 
 def load_stage1_weights(avatar, path: str | Path, device: torch.device | str = "cpu") -> None:
     """Copy ``M_e`` (``expression.*``) and ``M_p`` (``pose_model.*``) from a ``LatentDistillation`` checkpoint
     into ``avatar`` (a :class:`~vasa3d.gaussians.avatar.GaussianAvatar`)."""
     path = Path(path)
+    if path.is_dir():  # a run folder or root: its newest last.ckpt
+        path = runs.last_checkpoint(path) or path
     if not path.is_file():
-        raise FileNotFoundError(f"model.stage1_ckpt={path}: no such checkpoint; run `lightning fit --config "
+        raise MissingInputError(f"model.stage1_ckpt={path}: no such checkpoint; run `lightning fit --config "
                                 "experiments/distill_latent.yaml` first, or set it to null for a short distillation")
     state = torch.load(path, map_location=device, weights_only=False)["state_dict"]
     for prefix, module in (("expression.", avatar.expression), ("pose_model.", avatar.pose_model)):
