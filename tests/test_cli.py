@@ -121,3 +121,10 @@ def test_every_experiment_config_parses_and_states_its_scale(config):
                   run=False, auto_configure_optimizers=False,
                   args=["--config", str(ROOT / "experiments" / config), "--data", "lightning.LightningDataModule"])
     assert isinstance(cli.model, L.LightningModule)
+
+
+def test_every_command_reports_usage_errors_in_one_line(capsys):
+    for argv in (["render", "--avatar", "x"], ["talk", "--portrait", "me.jpg"], ["export", "--out", "x.ply"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: vasa3d {argv[0]}: ") and len(err.splitlines()) == 1, err

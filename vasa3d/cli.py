@@ -9,10 +9,11 @@ join there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -204,6 +205,22 @@ EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "talk": talk_command}
 
 
+@contextlib.contextmanager
+def _argparse_errors_raise(prog: str) -> Iterator[None]:
+    """Inside the block, argparse's usage errors raise :class:`ConfigError` (one line) instead of printing
+    the usage and exiting; ``--help`` still prints and exits."""
+
+    def error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+        raise ConfigError(f"{prog}: {message} (see {prog} --help)")
+
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (see :mod:`vasa3d.errors`): one line, exit code 2, no traceback."""
     from vasa3d.audio.io import AudioError
@@ -221,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracker = RunTracker()
     try:
         if args and args[0] in EXTRA_COMMANDS:
-            return EXTRA_COMMANDS[args[0]](args[1:])
+            with _argparse_errors_raise(f"vasa3d {args[0]}"):
+                return EXTRA_COMMANDS[args[0]](args[1:])
         VasaCLI(
             L.LightningModule,
             L.LightningDataModule,
