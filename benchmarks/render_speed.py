@@ -8,7 +8,15 @@ projection and binning are timed too:
 - ``torch``: ``rasterize(..., backend="torch")``, the tiled pure-torch reference;
 - ``dense``: the same projection, then every pixel against every visible Gaussian in
   depth order, vectorised over chunks of Gaussians, autograd (each chunk under
-  ``torch.utils.checkpoint`` in the backward run, or it would need tens of GB).
+  ``torch.utils.checkpoint`` in the backward run, or it would need tens of GB);
+- ``minimal``: the reference point, ``benchmarks/minimal_rasterizer.py``: a minimal compiled
+  rasterizer with plain loops (projection, binning, per-pixel compositing), forward only. It is
+  timed inside the ``cpp`` worker, interleaved with our forward run by run (so both see the same
+  machine load), and its image is compared with ours.
+
+The ``cpp`` forward runs without autograd, i.e. the fused inference path (projection, binning and
+compositing in one C++ call); its forward+backward is the training path (torch projection, C++
+binning, the C++ compositor and its backward).
 
 Each (backend, count, size) runs in its own process; memory is the peak resident set
 size of that process (``ru_maxrss``) above its size just before the first render.
@@ -132,8 +140,13 @@ def worker(backend: str, count: int, size: int, repeats: int, budget_s: float, s
         from vasa3d.gaussians import composite_cpp
 
         assert composite_cpp.is_available(), composite_cpp.unavailable_reason()
+    minimal = backend == "cpp" and not memory
+    if minimal:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from minimal_rasterizer import minimal_render
     rss0 = _rss_mb()
     result: dict[str, Any] = {}
+    minimal_times: list[float] = []
     for mode in ("fwd", "fwdbwd"):
         times: list[float] = []
         for i in range(1 if memory else repeats + 1):  # in timing runs the first one is a warm-up
@@ -144,6 +157,12 @@ def worker(backend: str, count: int, size: int, repeats: int, budget_s: float, s
                 if mode == "fwdbwd":
                     ((rgb * w_rgb).sum() + (alpha * w_alpha).sum()).backward()
             times.append(time.perf_counter() - start)
+            if minimal and mode == "fwd":
+                start = time.perf_counter()
+                ref_rgb, ref_alpha = minimal_render(*params, viewmats[0], Ks[0], size, size)
+                minimal_times.append(time.perf_counter() - start)
+                result["minimal_max_abs_diff_image"] = max(float((ref_rgb - rgb[0]).abs().max()),
+                                                           float((ref_alpha - alpha[0]).abs().max()))
             if save and i == 0 and mode == "fwdbwd":
                 torch.save({"rgb": rgb.detach(), "alpha": alpha.detach(),
                             **{name: p.grad for name, p in zip(PARAMS, params)}}, save)
@@ -157,6 +176,9 @@ def worker(backend: str, count: int, size: int, repeats: int, budget_s: float, s
             result[f"{mode}_ms"] = 1e3 * min(timed)  # best of N: least disturbed by other processes
             result[f"{mode}_median_ms"] = 1e3 * sorted(timed)[len(timed) // 2]
             result[f"{mode}_runs"] = len(timed)
+    if minimal_times:
+        result["minimal_fwd_ms"] = 1e3 * min(minimal_times[1:] or minimal_times)
+        result["minimal_fwd_median_ms"] = 1e3 * sorted(minimal_times[1:] or minimal_times)[len(minimal_times) // 2]
     return result
 
 
@@ -238,6 +260,17 @@ def tables(records: list[dict[str, Any]]) -> str:
         for key in ("fwd_ms", "fwdbwd_ms"):
             row += [_ratio(get(c, "dense", key), get(c, "cpp", key)), _ratio(get(c, "torch", key), get(c, "cpp", key))]
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Against the reference point (same worker, interleaved run by run; targets: C++ fwd / minimal <= 1.3, "
+              "C++ fwd+bwd / C++ fwd <= 2.5):", "",
+              "| Gaussians | px | C++ fwd ms | minimal fwd ms | C++ fwd / minimal | C++ fwd+bwd / C++ fwd "
+              "| max abs Δ image vs minimal |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in configs:
+        rec = by.get((*c, "cpp"), {})
+        if "minimal_fwd_ms" not in rec:
+            continue
+        lines.append(f"| {c[0]:,} | {c[1]} | {_fmt(rec['fwd_ms'])} | {_fmt(rec['minimal_fwd_ms'])} | "
+                     f"{rec['fwd_ms'] / rec['minimal_fwd_ms']:.2f}× | {rec['fwdbwd_ms'] / rec['fwd_ms']:.2f}× | "
+                     f"{rec['minimal_max_abs_diff_image']:.1e} |")
     lines += ["", "| Gaussians | px | peak MB fwd (C++ / torch / dense) | peak MB fwd+bwd (C++ / torch / dense) "
               "| torch vs C++: max abs Δ image, max rel Δ grad | dense vs C++: max abs Δ image, max rel Δ grad "
               "| CPU used by other processes while timing (C++ / torch / dense) |",
@@ -272,11 +305,15 @@ def main() -> None:
     parser.add_argument("--retries", type=int, default=3,
                         help="rerun a timing disturbed by other processes (>10%% of the CPUs) up to this often "
                              "(at most once for the slow backends)")
+    parser.add_argument("--threads", type=int, help="torch threads in each worker (default: torch's default); one "
+                        "thread is the robust choice on a machine whose cores other processes share")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         res = worker(args.worker, args.counts[0], args.sizes[0], args.repeats, args.slow_s, args.save, args.memory)
         print(json.dumps(res))
@@ -308,6 +345,8 @@ def main() -> None:
                     save = os.path.join(tmp, f"{backend}-{count}-{size}.pt")
                     cmd = [sys.executable, __file__, "--worker", backend, "--counts", str(count), "--sizes",
                            str(size), "--repeats", str(args.repeats), "--slow-s", str(args.slow_s)]
+                    if args.threads:
+                        cmd += ["--threads", str(args.threads)]
                     try:
                         timing: dict[str, Any] = {}
                         for attempt in range(1 + (args.retries if backend == "cpp" else min(1, args.retries))):
@@ -336,6 +375,9 @@ def main() -> None:
                     if rec["fwdbwd_ms"] > 1e3 * args.slow_s:
                         too_slow[backend].append((count, size))
                     diff = f", max|Δ| image {rec['max_abs_diff_image']:.1e}" if "max_abs_diff_image" in rec else ""
+                    if "minimal_fwd_ms" in rec:
+                        diff += (f", minimal kernel fwd {rec['minimal_fwd_ms']:.1f} ms (ours / minimal "
+                                 f"{rec['fwd_ms'] / rec['minimal_fwd_ms']:.2f}x)")
                     print(f"{backend:>5} {count:>6} Gaussians {size:>4} px: fwd {rec['fwd_ms']:8.1f} ms, fwd+bwd "
                           f"{rec['fwdbwd_ms']:8.1f} ms, peak {rec['fwdbwd_peak_mb']:7.0f} MB{diff}, "
                           f"other processes {rec['other_cpu']:.0%} CPU", flush=True)
@@ -351,7 +393,8 @@ def main() -> None:
     table = tables(records)
     print("\n" + table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"{meta['date']}-render_speed{'-quick' if args.quick else ''}"
+    suffix = ("-quick" if args.quick else "") + (f"-{args.threads}thread" if args.threads else "")
+    stem = args.out_dir / f"{meta['date']}-render_speed{suffix}"
     load = " / ".join(map(str, meta["loadavg_1min_start_end"]))
     header = (f"# CPU render speed ({meta['date']})\n\n`{command}`\n\n- torch {meta['torch']}, Python {meta['python']}\n"
               f"- CPU: {meta['cpu']}, {meta['threads']} threads (1-min load average at start / end: {load})\n"

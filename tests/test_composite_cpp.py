@@ -238,3 +238,138 @@ def test_failed_build_warns_and_falls_back(tmp_path):
     lines = probe.stdout.splitlines()
     assert lines[0] == "False torch", probe.stderr
     assert "pure-torch" in lines[1] and "compiling" in probe.stderr
+
+
+# ---------------------------------------------------------------- the inference path: C++ binning,
+# fused projection + binning + compositing, the avatar's world Gaussians
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("tile_size", [8, 16])
+def test_cpp_binning_equals_torch_binning(dtype, tile_size):
+    """Same tile lists in the same order, with culled Gaussians, boxes off the image and depth ties."""
+    m2d, _, _, _, radii, depths = _scene(500, 70, 45, 13, dtype)
+    m2d[:20] -= 60.0  # boxes partly or wholly off the image
+    radii[20:40] = 0  # culled
+    depths[40:80] = depths[80:120]  # ties: index order decides
+    ref = bin_gaussians(m2d, radii, depths, 70, 45, tile_size)
+    ours = cc.bin_gaussians_cpp(m2d, radii, depths, 70, 45, tile_size)
+    assert (ours.tiles_x, ours.tiles_y, ours.tile_size) == (ref.tiles_x, ref.tiles_y, ref.tile_size)
+    assert torch.equal(ours.tile_offsets, ref.tile_offsets) and torch.equal(ours.flat_ids, ref.flat_ids)
+    assert ref.flat_ids.numel() > 500
+    empty = cc.bin_gaussians_cpp(m2d, torch.zeros_like(radii), depths, 70, 45, tile_size)
+    assert empty.flat_ids.numel() == 0 and int(empty.tile_offsets[-1]) == 0
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_fused_forward_equals_the_autograd_path(dtype):
+    """rasterize without autograd (one fused C++ call over the cameras) against the autograd path
+    (torch projection, binning, compositing) and the pure-torch backend: images, depth and projection."""
+    means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(400, seed=3, dtype=dtype)
+    opac[:30] = 0.5 / 255  # culled before binning: may not change a pixel
+    bg = torch.tensor([0.2, 0.5, 1.0], dtype=dtype)
+    with torch.no_grad():
+        fused = rasterize(means, quats, scales, opac, colors, viewmats, Ks, 64, 48, backgrounds=bg, backend="cpp")
+    grads = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
+    split = rasterize(*grads, viewmats, Ks, 64, 48, backgrounds=bg, backend="cpp")
+    reference = rasterize(*grads, viewmats, Ks, 64, 48, backgrounds=bg, backend="torch")
+    assert fused.rgb.shape == (2, 48, 64, 3) and fused.rgb.dtype == dtype
+    assert fused.alpha.max() > 0.9 and fused.alpha.min() == 0.0  # covered and empty pixels
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == F32 else {"atol": 1e-10, "rtol": 1e-9}
+    for other in (split, reference):
+        for name in ("rgb", "alpha", "depth"):
+            torch.testing.assert_close(getattr(fused, name), getattr(other, name).detach(), **tol)
+    visible = split.info["radii"] > 0
+    culled = (split.info["radii"] > 0).all(-1) & ~(fused.info["radii"] > 0).all(-1)
+    assert culled.any() and bool((opac[None].expand_as(culled)[culled] < 1 / 255).all())
+    keep = visible.all(-1) & ~culled
+    assert torch.equal(fused.info["radii"][keep], split.info["radii"][keep])
+    for name in ("means2d", "conics"):
+        torch.testing.assert_close(fused.info[name][keep], split.info[name].detach()[keep], **tol)
+    torch.testing.assert_close(fused.info["depths"], split.info["depths"].detach(), **tol)
+    assert set(fused.info["stage_ms"]) == {"projection", "binning", "compositing"}
+
+
+def test_fused_forward_handles_empty_views_and_no_background():
+    means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(50)
+    viewmats[1, 2, 3] = -5.0  # the second camera has everything behind it
+    with torch.no_grad():
+        out = rasterize(means, quats, scales, opac, colors, viewmats, Ks, 40, 30, backend="cpp")
+    assert out.alpha[0].max() > 0.5
+    assert out.alpha[1].abs().max() == 0 and out.rgb[1].abs().max() == 0 and out.depth[1].abs().max() == 0
+
+
+def _avatar(residual: bool):
+    from vasa3d.face.template import load_template
+    from vasa3d.gaussians.avatar import GaussianAvatar, ResidualDeformer
+    from vasa3d.gaussians.head import GaussianHead
+    from vasa3d.motion.deformation import ExpressionDeformer, PoseDeformer
+
+    torch.manual_seed(0)
+    template = load_template()
+    head = GaussianHead(template.vertices, template.faces, num_gaussians=6000, feature_dim=8 if residual else 0)
+    with torch.no_grad():
+        for p in (head.splats["means"], head.splats["quats"], head.splats["scales"], head.splats["opacities"],
+                  head.splats["colors"], head.shape_offsets):
+            p.add_(0.05 * torch.randn_like(p))
+    mlp = ResidualDeformer(cond_dim=18, feature_dim=8, hidden=16) if residual else None
+    if mlp is not None:
+        with torch.no_grad():
+            for p in mlp.out.parameters():
+                p.normal_(0.0, 0.05)
+    return GaussianAvatar(head, ExpressionDeformer(dim=16, num_basis=8, hidden=32), PoseDeformer(), mlp)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_avatar_inference_gaussians_equal_the_training_path(residual):
+    """GaussianAvatar.world_gaussians without autograd (cached per-avatar tensors, the compiled
+    avatar_forward) against the autograd path; the cache follows parameter updates."""
+    from vasa3d.motion.latent import MotionLatent
+
+    avatar = _avatar(residual)
+    gen = torch.Generator().manual_seed(1)
+    latent = MotionLatent(0.3 * torch.randn(1, 16, generator=gen), 0.1 * torch.randn(1, 6, generator=gen),
+                          gaze=0.1 * torch.randn(1, 2, generator=gen))
+    for step in range(2):
+        train = avatar.world_gaussians(avatar.frame(latent), 0)
+        assert train["means"].requires_grad
+        with torch.inference_mode():
+            infer = avatar.world_gaussians(avatar.frame(latent), 0)
+        for name, value in train.items():
+            torch.testing.assert_close(infer[name], value.detach(), atol=2e-6, rtol=1e-5)
+        with torch.no_grad():  # a training step: the cached tensors must follow
+            avatar.head.splats["quats"].add_(0.1)
+            avatar.head.splats["colors"].add_(0.3)
+            if residual:
+                avatar.head.splats["features"].mul_(2.0)
+
+
+def test_cpp_projection_forward_and_backward_equal_torch():
+    """project_cpp against project_gaussians(covariance_from_quat_scale(...)) with autograd, float64,
+    with Gaussians near the clamped border of the Jacobian, behind the camera and unnormalised quats."""
+    from vasa3d.gaussians.projection import covariance_from_quat_scale, project_gaussians
+
+    means, quats, scales, _, _, viewmats, Ks = random_scene3d(300, seed=9, dtype=F64)
+    means[:20, 0] += 2.5  # far off to the side: the Jacobian's clamp is active, some still visible
+    means[20:25, 2] = -4.0  # behind the camera
+    quats = quats * (0.5 + torch.rand(300, 1, dtype=F64))
+    inputs = [t.clone().requires_grad_() for t in (means, quats, scales)]
+    m2d, conics, depths, radii = cc.project_cpp(*inputs, viewmats, Ks, 64, 48, 0.3, 0.01, 100.0)
+    ref_inputs = [t.clone().requires_grad_() for t in (means, quats, scales)]
+    ref = project_gaussians(ref_inputs[0], covariance_from_quat_scale(ref_inputs[1], ref_inputs[2]), viewmats, Ks,
+                            64, 48, 0.3, 0.01, 100.0)
+    assert torch.equal(radii, ref.radii)
+    visible = (radii > 0).all(-1)
+    assert 100 < int(visible.sum()) < 600 and not visible[:, 20:25].any()
+    torch.testing.assert_close(m2d, ref.means2d)
+    torch.testing.assert_close(conics[visible], ref.conics[visible])
+    torch.testing.assert_close(depths, ref.depths)
+    gen = torch.Generator().manual_seed(2)
+    weights = [torch.randn(t.shape, generator=gen, dtype=F64) * visible[..., None] if t.dim() == 3
+               else torch.randn(t.shape, generator=gen, dtype=F64) * visible for t in (m2d, conics, depths)]
+    ours = torch.autograd.grad(sum((o * w).sum() for o, w in zip((m2d, conics, depths), weights)), inputs)
+    theirs = torch.autograd.grad(sum((o * w).sum() for o, w in zip((ref.means2d, ref.conics, ref.depths), weights)),
+                                 ref_inputs)
+    for name, a, b in zip(("means", "quats", "scales"), ours, theirs):
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * float(b.abs().max()), msg=name)

@@ -181,7 +181,26 @@ def test_ablation_overlays_switch_their_terms_off(overlay, keys):
         assert cli.model.avatar.residual is None
 
 
-def test_resume_reproduces_the_uninterrupted_fit(subject, tmp_path):
+# With one thread a resumed fit is bit for bit the uninterrupted one. With two, one reduction in the
+# backward of the avatar's geometry (between the rasterizer's inputs and the mesh vertices) adds its
+# per-thread partial sums in an order that depends on timing: gradients differ in the last bit from
+# run to run, and Adam turns that into up to ~3e-4 (measured) in parameters whose gradient is near
+# zero. Two other causes are fixed: MKL's alignment-dependent GEMM kernels (MKL_CBWR=COMPATIBLE,
+# set by vasa3d at import) and the compositor's unaligned per-worker buffers (csrc/tiles.h).
+RESUME_TOLERANCE = {1: 0.0, 2: 2e-3}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resume_reproduces_the_uninterrupted_fit(subject, tmp_path, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _resume_matches(subject, tmp_path, RESUME_TOLERANCE[threads])
+    finally:
+        torch.set_num_threads(before)
+
+
+def _resume_matches(subject, tmp_path, atol):
     kwargs = dict(densify=True, densify_start=2, densify_every=2, densify_stop=100, densify_grad_threshold=1e-7)
     straight = _system(**kwargs)
     _trainer(tmp_path / "a", 8).fit(straight, datamodule=subject)
@@ -194,7 +213,10 @@ def test_resume_reproduces_the_uninterrupted_fit(subject, tmp_path):
     _trainer(tmp_path / "c", 8).fit(resumed, datamodule=subject, ckpt_path=ckpt)
     assert resumed.head.num_gaussians == straight.head.num_gaussians
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
-        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+        if atol == 0.0 or not a.is_floating_point():
+            assert torch.equal(a, b), f"{name}: a resumed fit on one thread must match bit for bit"
+        else:
+            torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_stage1_checkpoint_starts_the_expression_model(tmp_path):

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vasa3d.gaussians.binding import bind_to_world, local_to_world_points, triangle_frames
+import torch.nn.functional as F
+
+from vasa3d.gaussians.binding import bind_to_world, local_to_world_points, quat_multiply, triangle_frames
 from vasa3d.gaussians.head import GaussianHead
+from vasa3d.gaussians.projection import rotmat_to_quat
 from vasa3d.gaussians.render import Backend, RenderOutput, rasterize
 from vasa3d.motion.deformation import ExpressionDeformer, PoseDeformer
 from vasa3d.motion.latent import MotionLatent
@@ -52,11 +55,25 @@ class ResidualDeformer(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, cond: Tensor, features: Tensor, positions: Tensor) -> dict[str, Tensor]:
-        """Residuals ``{name: [B, N, k]}`` for ``cond [B, C]``, ``features [N, F]``, ``positions [N, 3]``."""
-        per_gaussian = self.gaussian_in(torch.cat([features, positions * POSITION_SCALE], dim=-1))
+    def per_gaussian(self, features: Tensor, positions: Tensor) -> Tensor:
+        """``[N, H]`` the per-Gaussian half of the first layer (independent of the latent)."""
+        return self.gaussian_in(torch.cat([features, positions * POSITION_SCALE], dim=-1))
+
+    def forward(self, cond: Tensor, features: Tensor, positions: Tensor,
+                per_gaussian: Tensor | None = None) -> dict[str, Tensor]:
+        """Residuals ``{name: [B, N, k]}`` for ``cond [B, C]``, ``features [N, F]``, ``positions [N, 3]``
+        (``per_gaussian [N, H]``: :meth:`per_gaussian` of those, when already computed)."""
+        if per_gaussian is None:
+            per_gaussian = self.per_gaussian(features, positions)
         hidden = self.body(self.cond_in(cond)[:, None, :] + per_gaussian[None])
         return dict(zip(RESIDUAL_CHANNELS, self.out(hidden).split(list(RESIDUAL_CHANNELS.values()), dim=-1)))
+
+
+def _compiled() -> bool:
+    """Whether the compiled CPU kernels (``composite_cpp``) are available."""
+    from vasa3d.gaussians import composite_cpp
+
+    return composite_cpp.is_available()
 
 
 @dataclass
@@ -86,6 +103,35 @@ class GaussianAvatar(nn.Module):
             raise ValueError("GaussianAvatar: a residual MLP needs per-Gaussian features; build the GaussianHead "
                              "with feature_dim > 0")
         self.head, self.expression, self.pose_model, self.residual = head, expression, pose, residual
+        self._static: tuple[tuple, dict[str, Tensor]] | None = None
+
+    def static(self) -> dict[str, Tensor] | None:
+        """Per-avatar tensors that no frame changes, for inference (None while autograd records).
+
+        The identity-shaped template vertices, the normalised local quaternions, the per-Gaussian
+        half of the residual MLP (or, without a residual, the activated scales, opacities and
+        colours). Computed once and kept until a parameter changes (an optimiser step or
+        densification gives it a new version or a new tensor).
+        """
+        if torch.is_grad_enabled():
+            return None
+        params = [self.head.template_vertices, self.head.shape_offsets, *self.head.splats.values()]
+        if self.residual is not None:
+            params += list(self.residual.gaussian_in.parameters())
+        key = tuple((id(p), p._version, p.shape) for p in params)
+        if self._static is not None and self._static[0] == key:
+            return self._static[1]
+        splats = self.head.splats
+        identity = self.head.vertices()
+        static = {"identity": identity, "local_quats": F.normalize(splats["quats"], dim=-1)}
+        if self.residual is not None:
+            canonical = self.head.world_gaussians(identity)["means"]
+            static["per_gaussian"] = self.residual.per_gaussian(splats["features"], canonical)
+        else:
+            static.update(scales=torch.exp(splats["scales"]), opacities=torch.sigmoid(splats["opacities"]),
+                          colors=torch.sigmoid(splats["colors"]))
+        self._static = (key, static)
+        return static
 
     @property
     def rig(self):
@@ -100,7 +146,8 @@ class GaussianAvatar(nn.Module):
     def frame(self, latent: MotionLatent, rigid: bool = False, residual: bool = True) -> AvatarFrame:
         """Geometry for ``latent [B]``; ``rigid`` skips ``M_e`` and the residual (the static-head baseline),
         ``residual=False`` just the residual."""
-        identity = self.head.vertices()
+        static = self.static()
+        identity = self.head.vertices() if static is None else static["identity"]
         if rigid:
             expressed = identity.expand(latent.batch_shape + identity.shape)
         else:
@@ -108,9 +155,12 @@ class GaussianAvatar(nn.Module):
         posed = self.pose_model(expressed, latent.pose)
         residuals = None
         if self.residual is not None and residual and not rigid:
-            with torch.no_grad():  # canonical positions: an input, not something to move
-                canonical = self.head.world_gaussians(identity)["means"]
-            residuals = self.residual(self.condition(latent), self.head.splats["features"], canonical)
+            if static is not None:
+                residuals = self.residual(self.condition(latent), None, None, per_gaussian=static["per_gaussian"])
+            else:
+                with torch.no_grad():  # canonical positions: an input, not something to move
+                    canonical = self.head.world_gaussians(identity)["means"]
+                residuals = self.residual(self.condition(latent), self.head.splats["features"], canonical)
         return AvatarFrame(expressed, posed, residuals)
 
     def landmarks(self, latent: MotionLatent, frame: AvatarFrame) -> Tensor:
@@ -125,6 +175,9 @@ class GaussianAvatar(nn.Module):
         """Activated world Gaussians of frame ``index`` of ``frame`` (as :meth:`GaussianHead.world_gaussians`),
         plus ``anchors [N, 3]``: the point of each Gaussian's triangle plane under its mean."""
         splats = self.head.splats
+        static = self.static()
+        if static is not None:
+            return self._world_gaussians_inference(frame, index, static)
         means, log_scales = splats["means"], splats["scales"]
         opacities, colors = splats["opacities"], splats["colors"]
         if frame.residuals is not None:
@@ -136,6 +189,37 @@ class GaussianAvatar(nn.Module):
         anchors = local_to_world_points(means * means.new_tensor([1.0, 1.0, 0.0]), self.head.binding, frames)
         return {"means": world, "quats": quats, "scales": scales, "opacities": torch.sigmoid(opacities),
                 "colors": torch.sigmoid(colors), "anchors": anchors}
+
+    def _world_gaussians_inference(self, frame: AvatarFrame, index: int, static: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`world_gaussians` without autograd: per-avatar tensors from :meth:`static`; on the CPU one
+        compiled pass (``avatar_forward`` of ``csrc/render.cpp``), else torch with each triangle's rotation
+        turned into a quaternion once per triangle rather than once per Gaussian (the same arithmetic)."""
+        splats, binding = self.head.splats, self.head.binding
+        posed = frame.posed[index]
+        if posed.device.type == "cpu" and posed.dtype == torch.float32 and _compiled():
+            residual = posed.new_zeros(0)
+            if frame.residuals is not None:
+                residual = torch.cat([frame.residuals[k][index] for k in RESIDUAL_CHANNELS], dim=-1)
+            names = ("means", "quats", "scales", "opacities", "colors", "anchors")
+            return dict(zip(names, torch.ops.vasa3d_composite.avatar_forward(
+                posed, self.head.faces, binding, splats["means"], static["local_quats"], splats["scales"],
+                splats["opacities"], splats["colors"], residual)))
+        means = splats["means"]
+        if frame.residuals is not None:
+            res = {k: v[index] for k, v in frame.residuals.items()}
+            means = means + res["means"]
+            scales = torch.exp(splats["scales"] + res["scales"])
+            opacities = torch.sigmoid(splats["opacities"] + res["opacities"][:, 0])
+            colors = torch.sigmoid(splats["colors"] + res["colors"])
+        else:
+            scales, opacities, colors = static["scales"], static["opacities"], static["colors"]
+        frames = triangle_frames(frame.posed[index], self.head.faces)
+        k = frames.scales[binding, None]
+        world = local_to_world_points(means, binding, frames)
+        quats = quat_multiply(rotmat_to_quat(frames.rotations)[binding], static["local_quats"])
+        anchors = local_to_world_points(means * means.new_tensor([1.0, 1.0, 0.0]), binding, frames)
+        return {"means": world, "quats": quats, "scales": k * scales, "opacities": opacities, "colors": colors,
+                "anchors": anchors}
 
     def render(
         self,

@@ -7,6 +7,7 @@ a model fitted on one backend renders the same on the other.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -69,7 +70,13 @@ def rasterize(
     ``backend="auto"`` uses gsplat on CUDA and, on the CPU, the compiled C++ kernel
     (built on first use) or, if it cannot be built, the pure-torch reference.
     ``info["means2d"]`` (``[C, N, 2]``, requires grad) and ``info["radii"]`` feed
-    ``gsplat.strategy.DefaultStrategy``.
+    ``gsplat.strategy.DefaultStrategy``; on the CPU ``info["stage_ms"]`` holds the time spent in
+    projection, binning and compositing.
+
+    On the CPU without autograd (``torch.no_grad()``/``inference_mode()`` or no input requiring
+    grad) the C++ backend runs one fused forward-only call for all cameras; with autograd it
+    projects (C++, hand-written backward; torch when the cameras need gradients), bins in C++ and
+    composites with the C++ kernel and its backward.
     """
     n = means.shape[0]
     for name, tensor, shape in (("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
@@ -85,22 +92,43 @@ def rasterize(
         return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                  near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size)
 
-    covars = covariance_from_quat_scale(quats, scales)
-    proj = project_gaussians(means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip)
-    means2d = proj.means2d
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means, quats, scales, opacities, colors, viewmats, Ks))
+    if chosen == "cpp" and not needs_grad:
+        return _rasterize_cpp_forward(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                      near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size)
+
+    clock = time.perf_counter()
+    if chosen == "cpp" and not (viewmats.requires_grad or Ks.requires_grad):
+        from vasa3d.gaussians import composite_cpp
+
+        means2d, conics, depths, radii = composite_cpp.project_cpp(
+            means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip)
+    else:
+        covars = covariance_from_quat_scale(quats, scales)
+        proj = project_gaussians(means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip)
+        means2d, conics, depths, radii = proj.means2d, proj.conics, proj.depths, proj.radii
     if means2d.requires_grad:
         means2d.retain_grad()
-    features = torch.cat([colors[None].expand(n_cams, -1, -1), proj.depths[..., None]], dim=-1)
+    features = torch.cat([colors[None].expand(n_cams, -1, -1), depths[..., None]], dim=-1)
+    stage_ms = {"projection": 1e3 * (time.perf_counter() - clock), "binning": 0.0, "compositing": 0.0}
     rendered, alphas = [], []
     for cam in range(n_cams):
-        bins = bin_gaussians(means2d[cam], proj.radii[cam], proj.depths[cam], width, height, tile_size)
+        clock = time.perf_counter()
         if chosen == "cpp":
             from vasa3d.gaussians import composite_cpp
 
-            img, acc = composite_cpp.composite_cpp(
-                means2d[cam], proj.conics[cam], opacities, features[cam], bins, width, height)
+            bins = composite_cpp.bin_gaussians_cpp(means2d[cam], radii[cam], depths[cam], width, height, tile_size)
+            stage_ms["binning"] += 1e3 * (time.perf_counter() - clock)
+            clock = time.perf_counter()
+            img, acc = composite_cpp.composite_cpp(means2d[cam], conics[cam], opacities, features[cam], bins, width,
+                                                   height)
         else:
-            img, acc = composite_torch(means2d[cam], proj.conics[cam], opacities, features[cam], bins, width, height)
+            bins = bin_gaussians(means2d[cam], radii[cam], depths[cam], width, height, tile_size)
+            stage_ms["binning"] += 1e3 * (time.perf_counter() - clock)
+            clock = time.perf_counter()
+            img, acc = composite_torch(means2d[cam], conics[cam], opacities, features[cam], bins, width, height)
+        stage_ms["compositing"] += 1e3 * (time.perf_counter() - clock)
         rendered.append(img)
         alphas.append(acc)
     rendered, alpha = torch.stack(rendered), torch.stack(alphas)
@@ -108,10 +136,32 @@ def rasterize(
     if backgrounds is not None:
         rgb = rgb + (1.0 - alpha) * backgrounds[:, None, None, :]
     depth = depth_sum / alpha.clamp(min=1e-10)
-    info = {"means2d": means2d, "radii": proj.radii, "depths": proj.depths, "conics": proj.conics,
+    info = {"means2d": means2d, "radii": radii, "depths": depths, "conics": conics,
             "width": width, "height": height, "n_cameras": n_cams, "gaussian_ids": None,
-            "tile_size": tile_size, "backend": chosen}
+            "tile_size": tile_size, "backend": chosen, "stage_ms": stage_ms}
     return RenderOutput(rgb, alpha, depth, info)
+
+
+def _rasterize_cpp_forward(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                           near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size) -> RenderOutput:
+    """Inference: projection, binning and compositing fused in one C++ call over all cameras, no autograd.
+
+    Gaussians whose opacity is below the compositor's 1/255 cut-off are culled before binning
+    (they could not change a pixel); the image equals the autograd path's to float rounding.
+    """
+    from vasa3d.gaussians import composite_cpp
+    from vasa3d.gaussians.composite import ALPHA_MIN
+
+    out = composite_cpp.render_forward_cpp(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds=backgrounds,
+        tile_size=tile_size, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
+        min_opacity=ALPHA_MIN)
+    projection_ms, binning_ms, compositing_ms = out["stage_ms"].tolist()
+    info = {"means2d": out["means2d"], "radii": out["radii"], "depths": out["depths"], "conics": out["conics"],
+            "width": width, "height": height, "n_cameras": viewmats.shape[0], "gaussian_ids": None,
+            "tile_size": tile_size, "backend": "cpp",
+            "stage_ms": {"projection": projection_ms, "binning": binning_ms, "compositing": compositing_ms}}
+    return RenderOutput(out["rgb"], out["alpha"], out["depth"], info)
 
 
 def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
