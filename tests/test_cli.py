@@ -128,3 +128,21 @@ def test_every_command_reports_usage_errors_in_one_line(capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: vasa3d {argv[0]}: ") and len(err.splitlines()) == 1, err
+
+
+def test_a_failed_command_removes_only_what_it_made_and_never_a_checkpoint(tmp_path):
+    from vasa3d.cli import RunTracker
+
+    (tmp_path / "outputs").mkdir()
+    tracker = RunTracker()
+    tracker.claim(tmp_path / "outputs" / "job" / "me" / "version_0")
+    (tmp_path / "outputs" / "job" / "me" / "version_0").mkdir(parents=True)
+    (tmp_path / "outputs" / "job" / "me" / "version_0" / "events.out").write_text("x")
+    tracker.discard()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == []  # the half-made run and its parents
+    kept = RunTracker()
+    kept.claim(tmp_path / "outputs" / "job" / "me" / "version_0")
+    (tmp_path / "outputs" / "job" / "me" / "version_0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "outputs" / "job" / "me" / "version_0" / "checkpoints" / "last.ckpt").write_text("x")
+    kept.discard()
+    assert (tmp_path / "outputs" / "job" / "me" / "version_0" / "checkpoints" / "last.ckpt").is_file()

@@ -63,3 +63,12 @@ def test_vasa3d_talk_fits_once_then_reuses_the_fit(tmp_path, monkeypatch, capsys
         assert abs(frames / fps - audio_s) < 0.2
     assert main([*args[:4], "missing.wav", *args[5:], "--out", "c.mp4"]) == 2
     assert capsys.readouterr().err.strip() == "error: missing.wav: no such audio file"
+
+
+def test_the_fit_callback_checks_its_audio_before_the_fit(tmp_path):
+    from vasa3d.audio.io import AudioError
+    from vasa3d.render.callbacks import TalkingVideoWriter
+
+    with pytest.raises(AudioError):
+        TalkingVideoWriter(audio=str(tmp_path / "missing.wav")).setup(None, None, "fit")
+    TalkingVideoWriter().setup(None, None, "fit")  # the shipped model is there

@@ -52,7 +52,10 @@ class RunTracker:
         self.created = list(reversed(missing))
 
     def discard(self) -> None:
-        """Remove the folders this command created (innermost first), with whatever it wrote in them."""
+        """Remove the folders this command created (innermost first), with whatever it wrote in them, unless
+        a checkpoint was written: a failure after training (say, in an end-of-fit callback) keeps the run."""
+        if self.run_dir is not None and any((self.run_dir / "checkpoints").glob("*.ckpt")):
+            return
         for folder in reversed(self.created):
             if folder == self.created[-1]:
                 shutil.rmtree(folder, ignore_errors=True)

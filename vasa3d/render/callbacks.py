@@ -33,6 +33,22 @@ class TalkingVideoWriter(L.Callback):
         self.audio, self.text, self.voice, self.motion = audio, text, voice, motion
         self.camera, self.size, self.filename, self.seed = camera, size, filename, seed
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check the inputs before the fit, not after it."""
+        if stage != "fit":
+            return
+        from vasa3d.audio.pretrained import shipped_motion_model
+        from vasa3d.errors import MissingInputError
+
+        if self.audio is not None:
+            from vasa3d.audio.io import load_audio
+
+            load_audio(self.audio)  # raises a one-line AudioError for a missing or unreadable file
+        if self.motion is not None and not Path(self.motion).is_file():
+            raise MissingInputError(f"TalkingVideoWriter: motion={self.motion}: no such checkpoint")
+        if self.motion is None:
+            shipped_motion_model()
+
     @torch.no_grad()
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0 or getattr(pl_module, "reference_camera", None) is None:
