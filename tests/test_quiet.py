@@ -36,3 +36,17 @@ def test_mediapipe_native_logs_are_silenced_and_ours_are_not():
     assert ".cc:" not in err and "W0000" not in err and "absl::InitializeLog" not in err, err
     # the switch shows what was silenced: mediapipe's C++ logger does write to fd 2
     assert ".cc:" in _stderr({"VASA3D_NATIVE_LOGS": "1"})
+
+
+def test_a_fit_prints_no_library_internals(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "vasa3d", "fit", "--config", str(root / "experiments" / "fit_portrait.yaml"),
+               "--trainer.max_steps", "2", "--data.crop_size", "96", "--data.steps_per_epoch", "2",
+               "--model.num_gaussians", "3000", "--model.max_gaussians", "3500"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    for noise in (".cc:", "W0000", "absl::", "XNNPACK", "💡 Tip", "LeafSpec"):
+        assert noise not in console, (noise, console[-3000:])

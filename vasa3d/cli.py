@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vasa3d import runs
 from vasa3d.errors import ConfigError, UserInputError, one_line
+from vasa3d.quiet import quiet_library_chatter
 from vasa3d.sweep import sweep_command
 
 RUN_DIR_ENV = "VASA3D_RUN_DIR"  # the run folder, handed by rank 0 to the processes a DDP launcher starts
@@ -238,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     and a run folder this command had just created is removed.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_chatter()
     tracker = RunTracker()
     try:
         if args and args[0] in EXTRA_COMMANDS:

@@ -93,3 +93,23 @@ def native_stderr_silenced() -> Iterator[None]:
         yield
     finally:
         _end()
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def quiet_library_chatter() -> None:
+    """Drop library messages that say nothing about the user's run: Lightning's product tips and a
+    deprecation warning Lightning raises about its own use of torch's pytree (not the user's code)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+            logger.addFilter(_DropAdverts())
+        for handler in logger.handlers:
+            if not any(isinstance(f, _DropAdverts) for f in handler.filters):
+                handler.addFilter(_DropAdverts())
