@@ -1,11 +1,16 @@
 """Audio-motion pairs for ``Audio2Motion``: synthetic speech (espeak-ng + visemes) and real video pairs.
 
-Synthetic utterances draw a sentence (train, val and test use disjoint sentences), a voice, a rate and
-a pitch from the seed; espeak-ng speaks it, ``speech_motion`` turns its phoneme timings into a
-``MotionLatent``, ``AudioFeatureExtractor`` gives the frame-aligned features. They are cached under
-``cache_dir/<hash of the settings>/`` (one ``.npz`` per utterance + ``manifest.json``). espeak-ng keeps
-a process-wide state between calls (see ``vasa3d.audio.speech.synthesize``), so synthesis runs in fresh
-worker processes, each on a fixed block of utterances: the data depend on the settings only.
+Synthetic utterances draw a language (``languages``: the shipped corpora of ``vasa3d.audio.corpora``, in
+turn), a sentence (train, val and test use disjoint sentences in every language), a voice of that
+language with a variant, a rate and a pitch from the seed; espeak-ng speaks it, ``speech_motion`` turns
+its phoneme timings into a ``MotionLatent``, ``AudioFeatureExtractor`` gives the frame-aligned features.
+Training utterances also come as ``augment_copies`` augmented recordings (``vasa3d.audio.augment``:
+rooms, noise, babble, telephone, levels, voices; the motion target stays the clean one). The manifest
+counts every phoneme espeak-ng emitted and those without a viseme (``phonemes.unmapped_count``, kept 0).
+Utterances are cached under ``cache_dir/<hash of the settings>/`` (one ``.npz`` per utterance and copy,
+plus ``manifest.json``). espeak-ng keeps a process-wide state between calls (see
+``vasa3d.audio.speech.synthesize``), so synthesis runs in fresh worker processes, each on a fixed block of
+utterances: the data depend on the settings only.
 
 ``video_folder`` adds real pairs to the training split: ``name.wav`` (or any audio) + ``name.npz``
 (``MotionLatent.save``, at ``fps``), and ``name.mp4`` videos whose audio track gives the features and
@@ -22,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -30,8 +36,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from vasa3d.audio.features import AudioFeatureExtractor
 from vasa3d.audio.visemes import mouth_opening
+from vasa3d.cache import source_hash
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# The code that makes the cached utterances: its source is part of the cache key.
+SOURCES = ("datamodules.speech_motion", "vasa3d.audio.speech", "vasa3d.audio.visemes", "vasa3d.audio.features",
+           "vasa3d.audio.augment", "vasa3d.audio.corpora", "vasa3d.audio.io", "vasa3d.motion")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_SENTENCES = (
     "The quick brown fox jumps over the lazy dog.", "Please pass me the butter and the bread.",
@@ -83,32 +93,52 @@ def _worker_main(request_path: str) -> None:
     request = json.loads(Path(request_path).read_text())
     root = Path(request["root"])
     names, specs = zip(*request["job"]) if request["job"] else ((), ())
-    for name, data in zip(names, _synthesise_block(list(specs), request["settings"])):
-        np.savez(root / name, **data)
+    for name, copies in zip(names, _synthesise_block(list(specs), request["settings"])):
+        for k, data in enumerate(copies):
+            applied = data.pop("applied", {})
+            target = root / (name if k == 0 else name.replace(".npz", f"_aug{k}.npz"))
+            np.savez(target, applied=json.dumps(applied), **data)
 
 
-def _synthesise_block(specs: list[dict], settings: dict) -> list[dict]:
-    """Synthesise ``specs`` (in order) into arrays; run in a fresh process for reproducible audio."""
+def _synthesise_block(specs: list[dict], settings: dict) -> list[list[dict]]:
+    """Synthesise ``specs`` (in order) into arrays: per spec, the clean utterance then its augmented copies
+    (``spec["copies"]`` of them); run in a fresh process for reproducible audio."""
+    from vasa3d.audio.augment import AudioAugment
     from vasa3d.audio.io import resample
     from vasa3d.audio.speech import synthesize
     from vasa3d.audio.visemes import speech_motion
 
     torch.set_num_threads(1)
     extractor = AudioFeatureExtractor(**settings["feature"])
-    out = []
+    augment = AudioAugment.from_config(settings.get("augment"))
+    clean = []
     for spec in specs:
         clip = synthesize(spec["text"], spec["voice"], spec["rate"], spec["pitch"], spec["pitch_range"], spec["seed"])
         min_samples = int(math.ceil(settings["min_duration_s"] * clip.sample_rate))
         if len(clip.waveform) < min_samples:  # trailing silence, so every utterance holds one window
             clip.waveform = np.concatenate([clip.waveform, np.zeros(min_samples - len(clip.waveform), np.float32)])
-        waveform = resample(clip.waveform, clip.sample_rate, extractor.sample_rate)
+        clean.append((clip, resample(clip.waveform, clip.sample_rate, extractor.sample_rate)))
+    babble_sources = [w for (_, w), spec in zip(clean, specs) if spec.get("copies", 0) > 0]
+    out = []
+    for spec, (clip, waveform) in zip(specs, clean):
         features = extractor(waveform).numpy()
         latent = speech_motion(clip, extractor.fps, settings["latent_dim"], seed=spec["seed"],
                                num_frames=len(features))
-        out.append({"audio": features, "dyn": latent.dyn.numpy(), "pose": latent.pose.numpy(),
-                    "gaze": latent.gaze.numpy(), "waveform": np.round(waveform * 32767).clip(-32768, 32767)
-                    .astype(np.int16), "phonemes": json.dumps([(p.symbol, p.start_s, p.end_s) for p in clip.phonemes])})
+        motion = {"dyn": latent.dyn.numpy(), "pose": latent.pose.numpy(), "gaze": latent.gaze.numpy(),
+                  "phonemes": json.dumps([(p.symbol, p.start_s, p.end_s) for p in clip.phonemes])}
+        copies = [{"audio": features, **motion, "waveform": _pcm16(waveform)}]
+        others = [w for w in babble_sources if w is not waveform]
+        for k in range(1, spec.get("copies", 0) + 1 if augment is not None else 1):
+            rng = np.random.default_rng([spec["seed"], k, 11])
+            noisy, applied = augment(waveform, extractor.sample_rate, rng, others)
+            audio = extractor(noisy).numpy()[:len(features)]
+            copies.append({"audio": audio, **motion, "waveform": _pcm16(noisy), "applied": applied})
+        out.append(copies)
     return out
+
+
+def _pcm16(waveform: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(waveform) * 32767).clip(-32768, 32767).astype(np.int16)
 
 
 def _resample_time(values: np.ndarray, source_fps: float, target_fps: float, frames: int) -> np.ndarray:
@@ -183,6 +213,23 @@ def load_video_pairs(folder: str | Path, extractor: AudioFeatureExtractor, dim: 
     return out
 
 
+def _phoneme_census(root: Path, entries: list[dict]) -> dict:
+    """Every phoneme mnemonic espeak-ng emitted (count, and in which languages) and those without a viseme."""
+    from vasa3d.audio.visemes import unmapped_phonemes
+
+    counts: dict[str, int] = {}
+    languages: dict[str, set] = {}
+    for entry in entries:
+        with np.load(root / entry["file"]) as data:
+            for symbol, _, _ in json.loads(str(data["phonemes"])):
+                counts[symbol] = counts.get(symbol, 0) + 1
+                languages.setdefault(symbol, set()).add(entry.get("language", "en"))
+    unmapped = unmapped_phonemes(counts)
+    return {"distinct": len(counts), "unmapped_count": sum(counts[s] for s in unmapped), "unmapped": unmapped,
+            "counts": dict(sorted(counts.items())),
+            "languages": {symbol: sorted(langs) for symbol, langs in sorted(languages.items())}}
+
+
 class _Windows(Dataset):
     """Fixed-length windows of utterances (see :class:`SpeechMotionDataModule` for the item contract)."""
 
@@ -233,7 +280,11 @@ class SpeechMotionDataModule(L.LightningDataModule):
         n_mels: log-mel bands of the audio features.
         pitch: add log-f0 and voicing to the audio features.
         sample_rate: audio sample rate for the features, Hz.
-        voices: espeak-ng voices to draw from (language codes, ``+variant`` allowed).
+        voices: espeak-ng voices to draw from when ``languages`` is None (language codes, ``+variant`` allowed).
+        languages: corpus languages to speak, in turn (keys of ``vasa3d.audio.corpora.LANGUAGE_VOICES``, each
+            with its own voices); None = the built-in English sentences with ``voices``.
+        variants: espeak-ng voice variants drawn for every voice ("" = the voice as it is; see
+            ``vasa3d.audio.corpora.VOICE_VARIANTS``).
         rate_range: speaking rate range, words per minute.
         pitch_range: espeak pitch range (0-100).
         sentences_file: optional text file, one sentence a line, used in addition to the built-in ones.
@@ -245,7 +296,12 @@ class SpeechMotionDataModule(L.LightningDataModule):
         cache_dir: where synthesised pairs are cached.
         seed: drives every random choice.
         video_folder: optional folder of real pairs (``name.wav`` + ``name.npz``, or ``name.mp4``), training only.
-        synthesis_workers: processes that synthesise in parallel (each a fixed block, so results do not depend on it).
+        synthesis_workers: processes that synthesise in parallel, each a fixed block (babble is drawn from the
+            block's utterances, so the number is part of the cache key).
+        augment: ``vasa3d.audio.augment.AudioAugment`` arguments, one probability per augmentation
+            (``p_reverb``, ``p_noise``, ``p_babble``, ``p_telephone``, ``p_resample_8k``, ``p_gain``,
+            ``p_mic_tilt``, ``p_pitch_shift``, ``p_vtlp``) and their ranges; None = no augmentation.
+        augment_copies: augmented copies of each training utterance, besides the clean one.
     """
 
     def __init__(
@@ -271,9 +327,19 @@ class SpeechMotionDataModule(L.LightningDataModule):
         seed: int = 0,
         video_folder: str | None = None,
         synthesis_workers: int = 2,
+        languages: tuple[str, ...] | None = None,
+        variants: tuple[str, ...] = ("",),
+        augment: dict[str, Any] | None = None,
+        augment_copies: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if augment_copies < 0 or (augment_copies > 0 and not augment):
+            raise ValueError(f"SpeechMotionDataModule: augment_copies={augment_copies} needs augment settings "
+                             "(e.g. {p_reverb: 0.5, p_noise: 0.5}) and must be >= 0")
+        from vasa3d.audio.augment import AudioAugment
+
+        AudioAugment.from_config(augment)  # unknown keys fail here, not in a worker process
         self.feature = AudioFeatureExtractor(sample_rate, fps, n_mels, pitch)
         self.synthesised = 0  # utterances synthesised by the last setup (0 when the cache served them)
         self.splits: dict[str, list[dict]] = {}
@@ -284,16 +350,24 @@ class SpeechMotionDataModule(L.LightningDataModule):
         return self.feature.dim
 
     # ------------------------------------------------------------ what to make
-    def sentences(self) -> list[str]:
+    def sentences(self, language: str | None = None) -> list[str]:
+        """The sentences of ``language`` (None: the built-in English ones plus ``sentences_file``)."""
+        if language is not None:
+            from vasa3d.audio.corpora import sentences
+
+            return sentences(language)
         out = list(DEFAULT_SENTENCES)
         if self.hparams.sentences_file:
             lines = Path(self.hparams.sentences_file).read_text(encoding="utf-8").splitlines()
             out += [line.strip() for line in lines if line.strip()]
         return out
 
-    def sentence_splits(self) -> dict[str, list[str]]:
-        """Disjoint sentence lists for train, val and test."""
-        sentences = self.sentences()
+    def _languages(self) -> list[str | None]:
+        return list(self.hparams.languages) if self.hparams.languages else [None]
+
+    def sentence_splits(self, language: str | None = None) -> dict[str, list[str]]:
+        """Disjoint sentence lists for train, val and test (of one language; None = the English default)."""
+        sentences = self.sentences(language)
         order = np.random.default_rng([self.hparams.seed, 1]).permutation(len(sentences))
         n_val = max(1, round(self.hparams.val_fraction * len(sentences)))
         n_test = max(1, round(self.hparams.test_fraction * len(sentences)))
@@ -304,27 +378,53 @@ class SpeechMotionDataModule(L.LightningDataModule):
         return {"val": pick(order[:n_val]), "test": pick(order[n_val:n_val + n_test]),
                 "train": pick(order[n_val + n_test:])}
 
+    def _voices(self, language: str | None) -> list[str]:
+        if language is None:
+            return list(self.hparams.voices)
+        from vasa3d.audio.corpora import voices
+
+        return list(voices(language))
+
     def utterance_specs(self) -> dict[str, list[dict]]:
         hp = self.hparams
         rng = np.random.default_rng([hp.seed, 2])
         n_val = max(1, round(hp.val_fraction * hp.num_utterances))
         n_test = max(1, round(hp.test_fraction * hp.num_utterances))
         counts = {"train": max(1, hp.num_utterances - n_val - n_test), "val": n_val, "test": n_test}
-        specs = {}
-        for split, sentences in self.sentence_splits().items():
-            specs[split] = [{"text": sentences[i % len(sentences)], "voice": str(rng.choice(list(hp.voices))),
-                             "rate": int(rng.integers(hp.rate_range[0], hp.rate_range[1] + 1)),
-                             "pitch": int(rng.integers(hp.pitch_range[0], hp.pitch_range[1] + 1)),
-                             "pitch_range": int(rng.integers(30, 80)), "seed": int(rng.integers(2**31))}
-                            for i in rng.permutation(max(counts[split], len(sentences)))[:counts[split]]]
-        return specs
+        languages = self._languages()
+        splits = {lang: self.sentence_splits(lang) for lang in languages}
+        variants = list(hp.variants) or [""]
+        specs: dict[str, list[dict]] = {}
+        for split in ("val", "test", "train"):
+            per_language = {lang: list(rng.permutation(len(splits[lang][split]))) for lang in languages}
+            items = []
+            for i in range(counts[split]):
+                lang = languages[i % len(languages)]  # languages in turn: balanced
+                order = per_language[lang]
+                sentence = splits[lang][split][order[(i // len(languages)) % len(order)]]
+                voice = str(rng.choice(self._voices(lang)))
+                variant = str(rng.choice(variants))
+                items.append({"text": sentence, "language": lang or "en",
+                              "voice": voice + ("+" + variant if variant else ""),
+                              "rate": int(rng.integers(hp.rate_range[0], hp.rate_range[1] + 1)),
+                              "pitch": int(rng.integers(hp.pitch_range[0], hp.pitch_range[1] + 1)),
+                              "pitch_range": int(rng.integers(30, 80)), "seed": int(rng.integers(2**31)),
+                              "copies": hp.augment_copies if split == "train" else 0})
+            specs[split] = items
+        return {"train": specs["train"], "val": specs["val"], "test": specs["test"]}
 
     def _settings(self) -> dict:
         return {"feature": self.feature.config(), "latent_dim": self.hparams.latent_dim,
-                "min_duration_s": (self.hparams.window_frames + self.hparams.prev_frames + 1) / self.hparams.fps}
+                "min_duration_s": (self.hparams.window_frames + self.hparams.prev_frames + 1) / self.hparams.fps,
+                "augment": dict(self.hparams.augment) if self.hparams.augment else None,
+                "synthesis_workers": self.hparams.synthesis_workers}
 
     def cache_key(self) -> str:
-        payload = {"version": CACHE_VERSION, "settings": self._settings(), "specs": self.utterance_specs()}
+        """Hash of the settings, the utterance list and the source of the code that makes the data (:data:`SOURCES`)."""
+        from vasa3d.audio.corpora import CORPORA_PATH
+
+        payload = {"version": CACHE_VERSION, "settings": self._settings(), "specs": self.utterance_specs(),
+                   "code": source_hash(*SOURCES, files=(CORPORA_PATH,))}
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -347,11 +447,18 @@ class SpeechMotionDataModule(L.LightningDataModule):
         root.mkdir(parents=True, exist_ok=True)
         jobs = [[(f"{split}_{i:05d}.npz", spec) for split, i, spec in block] for block in blocks]
         _run_workers(jobs, self._settings(), root)
-        entries = [{"file": f"{split}_{i:05d}.npz", "split": split, "index": i, **spec}
-                   for split, i, spec in flat]
+        entries = []
+        for split, i, spec in flat:
+            entries.append({"file": f"{split}_{i:05d}.npz", "split": split, "index": i, "copy": 0, **spec})
+            for k in range(1, spec.get("copies", 0) + 1):
+                with np.load(root / f"{split}_{i:05d}_aug{k}.npz") as data:
+                    applied = json.loads(str(data["applied"]))
+                entries.append({"file": f"{split}_{i:05d}_aug{k}.npz", "split": split, "index": i, "copy": k,
+                                **spec, "augment": applied})
         self.synthesised = len(entries)
-        entries.sort(key=lambda e: (e["split"], e["index"]))
+        entries.sort(key=lambda e: (e["split"], e["index"], e["copy"]))
         manifest = {"version": CACHE_VERSION, "settings": self._settings(), "utterances": entries,
+                    "phonemes": _phoneme_census(root, [e for e in entries if e["copy"] == 0]),
                     "seconds": round(time.perf_counter() - started, 2)}
         tmp = root / "manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
@@ -364,7 +471,7 @@ class SpeechMotionDataModule(L.LightningDataModule):
         for entry in manifest["utterances"]:
             with np.load(self.cache_path / entry["file"]) as data:
                 utt = {name: data[name] for name in data.files}
-            utt.update(text=entry["text"], voice=entry["voice"])
+            utt.update(text=entry["text"], voice=entry["voice"], language=entry.get("language", "en"))
             self.splits[entry["split"]].append(utt)
         if self.hparams.video_folder:
             self.splits["train"] += load_video_pairs(self.hparams.video_folder, self.feature, self.hparams.latent_dim)
@@ -410,5 +517,6 @@ class SpeechMotionDataModule(L.LightningDataModule):
             out.append({"audio": torch.from_numpy(utt["audio"]).float(), "latent": latent,
                         "mouth": mouth_opening(latent), "sample_rate": self.feature.sample_rate,
                         "waveform": utt["waveform"].astype(np.float32) / 32767.0, "text": utt.get("text", ""),
-                        "voice": utt.get("voice", ""), "phonemes": json.loads(str(utt.get("phonemes", "[]")))})
+                        "voice": utt.get("voice", ""), "language": utt.get("language", "en"),
+                        "phonemes": json.loads(str(utt.get("phonemes", "[]")))})
         return out

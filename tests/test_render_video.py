@@ -59,3 +59,54 @@ def test_mp4_has_the_frames_and_an_audio_stream_of_the_same_length(tmp_path):
         assert abs(float(video.duration * video.time_base) - seconds) < 0.05
         assert audio.codec_context.name == "aac"
         assert abs(float(audio.duration * audio.time_base) - seconds) < 0.1
+
+
+def test_background_writer_keeps_order_and_reports_errors(tmp_path):
+    from vasa3d.render.video import BackgroundWriter
+
+    class Recorder:
+        frames = 0
+
+        def __init__(self):
+            self.seen = []
+
+        def write(self, frame):
+            if frame[0, 0, 0] == 99:
+                raise OSError("disk full")
+            self.seen.append(int(frame[0, 0, 0]))
+            self.frames += 1
+
+        def close(self, *args):
+            return ("closed", args)
+
+    recorder = Recorder()
+    writer = BackgroundWriter(recorder, max_queue=2)
+    for t in range(20):
+        writer.write(np.full((4, 4, 3), t, np.uint8))
+    assert writer.close("audio") == ("closed", ("audio",))
+    assert recorder.seen == list(range(20)) and writer.frames == 20 and writer.encode_s >= 0
+
+    failing = BackgroundWriter(Recorder())
+    failing.write(np.full((4, 4, 3), 99, np.uint8))
+    with pytest.raises(RuntimeError, match="disk full"):
+        for _ in range(50):  # the error surfaces on a later write or at the latest on close
+            failing.write(np.zeros((4, 4, 3), np.uint8))
+        failing.close()
+
+
+def test_motion_runs_ahead_in_order_and_errors_reach_the_consumer():
+    from vasa3d.render.talking import RenderStats, _run_ahead
+
+    stats = RenderStats()
+    assert list(_run_ahead(iter(range(7)), stats)) == list(range(7))
+
+    def broken():
+        yield 1
+        raise ValueError("bad window")
+
+    with pytest.raises(ValueError, match="bad window"):
+        list(_run_ahead(broken(), RenderStats()))
+    # a consumer that stops early does not leave the producer blocked
+    ahead = _run_ahead(iter(range(1000)), RenderStats(), depth=1)
+    assert next(ahead) == 0
+    ahead.close()

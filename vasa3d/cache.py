@@ -28,11 +28,13 @@ def module_files(name: str) -> list[Path]:
     return [origin]
 
 
-def source_hash(*modules: str) -> str:
-    """A hex digest of the source of ``modules`` (dotted names; packages include all their files)."""
+def source_hash(*modules: str, files: tuple[str | Path, ...] = ()) -> str:
+    """A hex digest of the source of ``modules`` (dotted names; packages include all their files) and of
+    any data ``files`` the code reads (a corpus, a table)."""
     digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        for path in module_files(name):
-            digest.update(f"{name}:{path.name}:".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())  # bytes, not mtimes: edits within a tick count
+    named = [(name, path) for name in sorted(set(modules)) for path in module_files(name)]
+    named += [("file", Path(path)) for path in files]
+    for name, path in named:
+        digest.update(f"{name}:{path.name}:".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())  # bytes, not mtimes: edits within a tick count
     return digest.hexdigest()[:16]

@@ -29,15 +29,17 @@ class RegressionMotion(WindowedMotionModel):
                  window: int = 50, prev_frames: int = 10, fps: float = 25.0, d_model: int = 128,
                  num_layers: int = 4, num_heads: int = 4, dropout: float = 0.1, loss: str = "l1",
                  p_drop_audio: float = 0.1, p_drop_control: float = 0.3, p_drop_prev: float = 0.1,
-                 w_velocity: float = 1.0) -> None:
-        super().__init__(latent_dim, audio_dim, with_gaze, emotion_dim, window, prev_frames, fps)
+                 w_velocity: float = 1.0, pose_control: bool = False, pose_limit: float | None = None,
+                 motion_limit: float | None = None) -> None:
+        super().__init__(latent_dim, audio_dim, with_gaze, emotion_dim, window, prev_frames, fps, pose_control,
+                         pose_limit, motion_limit)
         if loss not in ("l1", "l2"):
             raise ValueError(f"loss={loss!r}: use 'l1' or 'l2'")
         self.loss_fn = F.l1_loss if loss == "l1" else F.mse_loss
         self.p_drop = {"audio": p_drop_audio, "control": p_drop_control, "prev": p_drop_prev}
         self.w_velocity = w_velocity
         self.net = MotionTransformer(self.motion_dim, audio_dim, d_model, num_layers, num_heads, dropout,
-                                     emotion_dim, diffusion=False)
+                                     emotion_dim, diffusion=False, pose_control=pose_control)
 
     def denoise(self, x_t, t, audio, prev, prev_len, controls, keep_audio, keep_controls) -> Tensor:
         return self.net(None, None, audio, prev, prev_len, controls, keep_audio, keep_controls)

@@ -4,8 +4,8 @@ A window of ``T`` motion frames ``x = concat(dyn, pose[, gaze])`` per frame (nor
 training statistics) is denoised by a transformer that sees, as tokens:
 
 - condition tokens: the diffusion step, a gaze direction ``[2]``, a head distance ``[1]`` (pose
-  translation z) and an emotion offset ``[E]``, each replaced by a learned null embedding when absent
-  or dropped (classifier-free guidance);
+  translation z), an emotion offset ``[E]`` and (with ``pose_control``) the window's mean head rotation
+  ``[3]``, each replaced by a learned null embedding when absent or dropped (classifier-free guidance);
 - ``P`` prefix tokens: the last frames of the previous window (masked out where there are none), so
   the next window continues the motion seamlessly;
 - ``T`` window tokens: the noisy motion plus the audio features of that frame (or a learned null).
@@ -16,6 +16,19 @@ says how much of it to keep), so continuing the motion is the default; sampling 
 (u: no audio, no controls; a: audio only; ac: audio and controls). Windowed generation
 (``generate``) and its streaming form (``stream``) live in :class:`WindowedMotionModel`, shared with
 the regression baseline. Pure torch; no Lightning.
+
+Long audio: a model that continues its own output can drift (measured before: yaw +37 deg after 26 s).
+What drove it, measured on the shipped model over 2-5 min: audio guidance above 1. ``cfg_audio = 1.5``
+extrapolates each window beyond anything seen in training, the next window continues from that
+prefix, and within a minute the head turned to -90 deg; with ``cfg_audio = 1`` the same model stays
+centred (yaw mean within 4 deg of the centre, std ~10 deg, in every 30 s), with or without the anchor. So guidance
+defaults to 1 (it costs ~0.01 of lip-sync correlation on held-out speech), and two more things hold the
+head whatever the settings: the pose control, set at inference to the anchor pose (the training mean
+unless given; on its own it did not stop the cfg 1.5 drift), and a soft limit applied to each window
+before it becomes the next window's prefix (``soft_limit``: identity up to 60% of the limit, then a
+tanh knee), at ``pose_limit`` training std for the pose and ``motion_limit`` for the other channels, so
+no prefix ever leaves the training range (with cfg 1.5 the head then stays in range but sits at the
+limit).
 """
 
 from __future__ import annotations
@@ -30,7 +43,17 @@ from torch import Tensor, nn
 
 from vasa3d.motion.latent import MotionLatent
 
-CONTROLS = ("gaze", "distance", "emotion")
+CONTROLS = ("gaze", "distance", "emotion", "pose")
+
+
+def soft_limit(x: Tensor, limit: Tensor, knee: float = 0.6) -> Tensor:
+    """``x [..., C]`` with each channel's magnitude softly capped at ``limit [C]`` (> 0): unchanged up to
+    ``knee * limit``, then ``knee * limit + (1 - knee) * limit * tanh(excess / ((1 - knee) * limit))``."""
+    start = knee * limit
+    room = (1 - knee) * limit
+    excess = (x.abs() - start).clamp(min=0)
+    capped = start + room * torch.tanh(excess / room)
+    return torch.where(x.abs() > start, x.sign() * capped, x)
 
 
 def cosine_alphas_cumprod(num_timesteps: int, offset: float = 0.008) -> Tensor:
@@ -60,17 +83,19 @@ class MotionTransformer(nn.Module):
         d_model, num_layers, num_heads, dropout: transformer size.
         emotion_dim: E of the emotion control (0 = no emotion token).
         diffusion: True for the denoiser (noisy motion and step inputs); False for plain regression.
+        pose_control: add the head-rotation control token (the window's mean rotation, ``[3]``).
     """
 
     def __init__(self, motion_dim: int, audio_dim: int, d_model: int = 128, num_layers: int = 4, num_heads: int = 4,
-                 dropout: float = 0.1, emotion_dim: int = 0, diffusion: bool = True) -> None:
+                 dropout: float = 0.1, emotion_dim: int = 0, diffusion: bool = True,
+                 pose_control: bool = False) -> None:
         super().__init__()
         self.d_model, self.diffusion = d_model, diffusion
         self.motion_in = nn.Linear(motion_dim, d_model) if diffusion else None
         self.prefix_in = nn.Linear(motion_dim, d_model)
         self.audio_in = nn.Sequential(nn.Linear(audio_dim, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.step_in = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
-        sizes = {"gaze": 2, "distance": 1, "emotion": emotion_dim}
+        sizes = {"gaze": 2, "distance": 1, "emotion": emotion_dim, "pose": 3 if pose_control else 0}
         self.control_in = nn.ModuleDict({k: nn.Linear(n, d_model) for k, n in sizes.items() if n > 0})
         self.null = nn.ParameterDict({k: nn.Parameter(torch.randn(d_model) * 0.5)
                                       for k in ("audio", "step", *self.control_in.keys())})
@@ -134,12 +159,16 @@ class MotionTransformer(nn.Module):
 class WindowedMotionModel(nn.Module, abc.ABC):
     """Shared parts of the audio-to-motion models: normalisation, controls, windowed/streaming generation.
 
-    Subclasses implement ``denoise`` (one network call) and ``sample_window``.
+    Subclasses implement ``denoise`` (one network call) and ``sample_window``. ``pose_control``: the
+    head-rotation control; ``pose_limit`` / ``motion_limit``: soft limits of generated pose / other channels
+    in training std (None = no limit).
     """
 
     def __init__(self, latent_dim: int, audio_dim: int, with_gaze: bool = True, emotion_dim: int = 0,
-                 window: int = 50, prev_frames: int = 10, fps: float = 25.0) -> None:
+                 window: int = 50, prev_frames: int = 10, fps: float = 25.0, pose_control: bool = False,
+                 pose_limit: float | None = None, motion_limit: float | None = None) -> None:
         super().__init__()
+        self.pose_control, self.pose_limit, self.motion_limit = pose_control, pose_limit, motion_limit
         self.latent_dim, self.audio_dim = latent_dim, audio_dim
         self.with_gaze, self.emotion_dim = with_gaze, emotion_dim
         self.window, self.prev_frames, self.fps = window, prev_frames, fps
@@ -184,18 +213,30 @@ class WindowedMotionModel(nn.Module, abc.ABC):
         return (audio - self.audio_mean) / self.audio_std
 
     def controls_from_motion(self, x0: Tensor) -> dict[str, Tensor]:
-        """Training controls from a normalised window ``[B, T, C]``: mean gaze and mean head distance."""
+        """Training controls from a normalised window ``[B, T, C]``: mean gaze, mean head distance and (with
+        ``pose_control``) mean head rotation."""
         D = self.latent_dim
         out = {"distance": x0[..., D + 5:D + 6].mean(1)}
+        if self.pose_control:
+            out["pose"] = x0[..., D:D + 3].mean(1)
         if self.with_gaze:
             out["gaze"] = x0[..., D + 6:D + 8].mean(1)
         return out
 
     def normalize_controls(self, gaze: Tensor | None = None, distance: float | Tensor | None = None,
-                           emotion: Tensor | None = None) -> dict[str, Tensor]:
-        """``name -> [1, n]`` model-unit controls from raw gaze (yaw, pitch rad), distance (m), emotion [E]."""
+                           emotion: Tensor | None = None, anchor_pose: Tensor | None = None) -> dict[str, Tensor]:
+        """``name -> [1, n]`` model-unit controls from raw gaze (yaw, pitch rad), distance (m), emotion [E] and
+        the anchor head rotation (axis-angle ``[3]``, rad; with ``pose_control``, None = the training mean)."""
         D, out = self.latent_dim, {}
         dev = self.motion_mean.device
+        if self.pose_control:
+            if anchor_pose is None:
+                out["pose"] = torch.zeros(1, 3, device=dev)
+            else:
+                rotation = torch.as_tensor(anchor_pose, dtype=torch.float32, device=dev).reshape(1, 3)
+                out["pose"] = (rotation - self.motion_mean[D:D + 3]) / self.motion_std[D:D + 3]
+        elif anchor_pose is not None:
+            raise ValueError("anchor_pose: this model was trained without the pose control (pose_control=False)")
         if gaze is not None:
             if not self.with_gaze:
                 raise ValueError("gaze control: this model was trained without gaze channels (with_gaze=False)")
@@ -210,6 +251,16 @@ class WindowedMotionModel(nn.Module, abc.ABC):
             out["emotion"] = torch.as_tensor(emotion, dtype=torch.float32, device=dev).reshape(1, self.emotion_dim)
         return out
 
+    def channel_limits(self) -> Tensor | None:
+        """``[C]`` soft limits in normalised units (training std), or None where no limit is set."""
+        if self.pose_limit is None and self.motion_limit is None:
+            return None
+        big = torch.tensor(float("inf"))
+        limits = torch.full((self.motion_dim,), float(self.motion_limit) if self.motion_limit else big.item())
+        if self.pose_limit:
+            limits[self.latent_dim:self.latent_dim + 6] = float(self.pose_limit)
+        return limits.to(self.motion_mean.device)
+
     # ------------------------------------------------------------ guidance
     @abc.abstractmethod
     def denoise(self, x_t: Tensor, t: Tensor, audio: Tensor, prev: Tensor, prev_len: Tensor,
@@ -218,20 +269,24 @@ class WindowedMotionModel(nn.Module, abc.ABC):
 
     def guided(self, x_t: Tensor, t: Tensor, audio: Tensor, prev: Tensor, prev_len: Tensor,
                controls: dict[str, Tensor], cfg_audio: float = 1.0, cfg_control: float = 1.0) -> Tensor:
-        """Classifier-free guided clean motion: ``x0_u + s_a (x0_a - x0_u) + s_c (x0_ac - x0_a)``."""
+        """Classifier-free guided clean motion: ``x0_u + s_a (x0_a - x0_u) + s_c (x0_ac - x0_a)``; with
+        ``s_c = 1`` the controls stay on in both passes, ``x0_c + s_a (x0_ac - x0_c)`` (two passes, not three)."""
         B = audio.shape[0]
         has_controls = bool(controls)
         if cfg_audio == 1.0 and (cfg_control == 1.0 or not has_controls):
             keep = torch.ones(B, dtype=torch.bool, device=audio.device)
             return self.denoise(x_t, t, audio, prev, prev_len, controls, keep, keep)
-        passes = [(False, False), (True, False)] + ([(True, True)] if has_controls else [])
+        if cfg_control == 1.0 and has_controls:
+            passes = [(False, True), (True, True)]
+        else:
+            passes = [(False, False), (True, False)] + ([(True, True)] if has_controls else [])
         n = len(passes)
         flags = torch.tensor(passes, device=audio.device).repeat_interleave(B, dim=0)
         rep = lambda v: None if v is None else v.repeat(n, *([1] * (v.dim() - 1)))  # noqa: E731
         out = self.denoise(rep(x_t), rep(t), rep(audio), rep(prev), rep(prev_len),
                            {k: rep(v) for k, v in controls.items()}, flags[:, 0], flags[:, 1]).chunk(n)
         x0 = out[0] + cfg_audio * (out[1] - out[0])
-        if has_controls:
+        if n == 3:
             x0 = x0 + cfg_control * (out[2] - out[1])
         return x0
 
@@ -247,7 +302,7 @@ class WindowedMotionModel(nn.Module, abc.ABC):
     def stream(self, feature_chunks: Iterable[Tensor], window: int | None = None, prev: int | None = None,
                seed: int = 0, gaze: Tensor | None = None, distance: float | None = None,
                emotion: Tensor | None = None, cfg_audio: float = 1.0, cfg_control: float = 1.0,
-               crossfade: int = 0, **sample_kwargs) -> Iterator[MotionLatent]:
+               crossfade: int = 0, anchor_pose: Tensor | None = None, **sample_kwargs) -> Iterator[MotionLatent]:
         """Yield ``MotionLatent [n]`` windows as audio feature chunks ``[t, F]`` (video frame rate) arrive.
 
         A window is generated once ``window`` frames of features are buffered, conditioned on the last
@@ -256,6 +311,9 @@ class WindowedMotionModel(nn.Module, abc.ABC):
         ``cfg_audio``/``cfg_control`` the guidance scales; ``seed`` makes the output reproducible.
         ``crossfade > 0`` smooths each border without added latency: the first frame's deviation from
         the constant-velocity continuation of the previous window fades out over that many frames.
+        ``anchor_pose``: the head rotation (axis-angle ``[3]``, rad) windows centre on, for models with the
+        pose control (None = the training mean). Each window is soft-limited (see the module docstring)
+        before it is emitted and becomes the next prefix.
         """
         window = window or self.window
         prev = self.prev_frames if prev is None else prev
@@ -266,7 +324,8 @@ class WindowedMotionModel(nn.Module, abc.ABC):
             raise RuntimeError("stream: the model has no normalisation statistics; train it (or fit_stats) first")
         dev = self.motion_mean.device
         generator = torch.Generator().manual_seed(seed)
-        controls = self.normalize_controls(gaze, distance, emotion)
+        controls = self.normalize_controls(gaze, distance, emotion, anchor_pose)
+        limits = self.channel_limits()
         history = torch.zeros(self.prev_frames, self.motion_dim, device=dev)
         have, pending = 0, []
 
@@ -281,6 +340,8 @@ class WindowedMotionModel(nn.Module, abc.ABC):
                 residual = (x[0] - history[-1]) - 0.5 * (new_velocity + velocity)
                 fade = 1 - torch.arange(min(crossfade, len(x)), device=dev) / crossfade
                 x = torch.cat([x[:len(fade)] - fade[:, None] * residual, x[len(fade):]])
+            if limits is not None:
+                x = soft_limit(x, limits)
             history = torch.cat([history, x])[-self.prev_frames:]
             have += len(x)
             return self.unpack(x)
@@ -320,13 +381,16 @@ class MotionDiffusion(WindowedMotionModel):
                  window: int = 50, prev_frames: int = 10, fps: float = 25.0, d_model: int = 128,
                  num_layers: int = 4, num_heads: int = 4, dropout: float = 0.1, num_timesteps: int = 100,
                  p_drop_audio: float = 0.1, p_drop_control: float = 0.3,
-                 p_drop_prev: float = 0.1, w_velocity: float = 1.0, sample_steps: int = 20) -> None:
-        super().__init__(latent_dim, audio_dim, with_gaze, emotion_dim, window, prev_frames, fps)
+                 p_drop_prev: float = 0.1, w_velocity: float = 1.0, sample_steps: int = 20,
+                 pose_control: bool = False, pose_limit: float | None = None,
+                 motion_limit: float | None = None) -> None:
+        super().__init__(latent_dim, audio_dim, with_gaze, emotion_dim, window, prev_frames, fps, pose_control,
+                         pose_limit, motion_limit)
         self.num_timesteps, self.sample_steps = num_timesteps, sample_steps
         self.p_drop = {"audio": p_drop_audio, "control": p_drop_control, "prev": p_drop_prev}
         self.w_velocity = w_velocity
         self.net = MotionTransformer(self.motion_dim, audio_dim, d_model, num_layers, num_heads, dropout,
-                                     emotion_dim, diffusion=True)
+                                     emotion_dim, diffusion=True, pose_control=pose_control)
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(num_timesteps), persistent=False)
 
     def _rates(self, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,12 +6,17 @@
   downstream, through the 3D head).
 - ``diversity_dyn`` / ``diversity_pose``: mean over frames and channels of the std across seeds of the
   generated sequence (dyn units; radians and metres for the pose); 0 for a deterministic model.
+- ``pose_statistics``: head yaw, pitch and roll (degrees, from the rotation matrix) and translation
+  (cm) over a long sequence, per minute: mean, std and the largest magnitude, and whether every
+  frame is inside the long-audio bounds (|yaw| <= 30 deg, |pitch| <= 20 deg, translation within ±3 cm).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from vasa3d.motion.latent import MotionLatent
@@ -73,3 +78,41 @@ def evaluate_generator(generate: Callable[[Tensor, int], MotionLatent], utteranc
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + value / len(utterances)
     return totals
+
+
+POSE_BOUNDS = {"yaw_deg": 30.0, "pitch_deg": 20.0, "translation_cm": 3.0}
+
+
+def head_angles_deg(pose: Tensor) -> Tensor:
+    """``[..., 3]`` (pitch, yaw, roll) in degrees from ``pose [..., 6]`` (axis-angle first): pitch about x,
+    yaw about y, roll about z, read off the rotation matrix (``R = Ry(yaw) Rx(pitch) Rz(roll)``)."""
+    from vasa3d.motion.latent import axis_angle_to_matrix
+
+    rot = axis_angle_to_matrix(pose[..., :3].double())
+    yaw = torch.atan2(rot[..., 0, 2], rot[..., 2, 2])
+    pitch = torch.asin((-rot[..., 1, 2]).clamp(-1, 1))
+    roll = torch.atan2(rot[..., 1, 0], rot[..., 1, 1])
+    return torch.stack([pitch, yaw, roll], dim=-1).float() * (180.0 / math.pi)
+
+
+def pose_statistics(latent: MotionLatent, fps: float, translation_reference: Tensor | None = None,
+                    segment_s: float = 60.0) -> list[dict[str, float]]:
+    """Per ``segment_s`` of ``latent [T]``: mean/std/max-magnitude of yaw and pitch (deg) and the largest
+    translation offset (cm, per axis, from ``translation_reference [3]``, default zero), and ``in_bounds``
+    (1.0 when every frame of the segment is inside ``POSE_BOUNDS``)."""
+    angles = head_angles_deg(latent.pose.cpu())
+    reference = torch.zeros(3) if translation_reference is None else translation_reference.cpu().float()
+    offset_cm = (latent.pose[..., 3:].cpu().float() - reference) * 100.0
+    frames = max(1, int(round(segment_s * fps)))
+    out = []
+    for start in range(0, len(angles), frames):
+        pitch, yaw = angles[start:start + frames, 0], angles[start:start + frames, 1]
+        shift = offset_cm[start:start + frames].abs().max().item()
+        row = {"minute": start / fps / 60.0, "yaw_mean": yaw.mean().item(), "yaw_std": yaw.std().item(),
+               "yaw_absmax": yaw.abs().max().item(), "pitch_mean": pitch.mean().item(),
+               "pitch_std": pitch.std().item(), "pitch_absmax": pitch.abs().max().item(), "translation_absmax_cm": shift}
+        row["in_bounds"] = float(row["yaw_absmax"] <= POSE_BOUNDS["yaw_deg"]
+                                 and row["pitch_absmax"] <= POSE_BOUNDS["pitch_deg"]
+                                 and shift <= POSE_BOUNDS["translation_cm"])
+        out.append(row)
+    return out

@@ -6,16 +6,29 @@ on the span's centre, sample ``round((t + 0.5) * sample_rate / fps)`` (zeros out
 only those where ``sample_rate / fps`` is an integer. Channels, in order:
 
 - ``n_mels`` log-mel bands: power spectrum of a Hann window of ``n_fft`` samples (~64 ms),
-  normalised by the window's sum so a full-scale sine reads about -6 dB, mel filters by librosa,
-  ``(dB - MEL_DB_OFFSET) / MEL_DB_SCALE``;
-- RMS energy over the frame's own span, ``(dB - RMS_DB_OFFSET) / RMS_DB_SCALE``;
+  normalised by the window's sum so a full-scale sine reads about -6 dB, mel filters by librosa;
+- RMS energy over the frame's own span;
 - with ``pitch``: ``log2(f0 / 150 Hz)`` where voiced and 0 where not, then the voiced flag (0/1).
   f0 comes from YIN (de Cheveigné & Kawahara 2002) on the same window as the mel spectrum; a frame
-  is voiced where YIN's aperiodicity is below ``voicing_threshold`` and the energy above -50 dBFS.
+  is voiced where YIN's aperiodicity is below ``voicing_threshold`` and the energy is loud enough.
 
-Normalisation uses fixed constants, never per-clip statistics, and each frame depends only on the
-samples inside its windows, so :class:`FeatureStream` (fed window by window) gives exactly the
-features of the whole clip at once.
+Normalisation (``normalization``):
+
+- ``"running"`` (default): level- and channel-invariant, and causal. A speech-level tracker follows the
+  loudest recent frame, ``L_t = max(rms_t, L_{t-1} - level_decay_db_s / fps, LEVEL_FLOOR_DBFS)``; the mel
+  bands and the energy are read relative to it (in dB, clipped at ``RELATIVE_FLOOR_DB``), so a gain
+  shifts nothing once the tracker has seen the first loud frame. Each mel band then has its running
+  mean over speech frames (``rms >= L - 25 dB``; exponential, time constant ``channel_time_s``,
+  starting from a fixed long-term speech spectrum) subtracted: a fixed microphone or telephone
+  colouring is a per-band dB offset, and this removes it (cepstral mean normalisation, causal).
+  Voicing needs ``rms >= L - VOICED_BELOW_LEVEL_DB``. Scales: ``(mel - mean) / REL_MEL_SCALE`` and
+  ``(rms - L - REL_RMS_OFFSET) / REL_RMS_SCALE``.
+- ``"fixed"``: constants, ``(dB - MEL_DB_OFFSET) / MEL_DB_SCALE`` and ``(dB - RMS_DB_OFFSET) / RMS_DB_SCALE``,
+  voiced above -50 dBFS; features then follow the recording's level.
+
+Either way each frame depends only on the samples inside its windows and on the frames before it
+(the running state is updated frame by frame, in order), so :class:`FeatureStream` (fed window by
+window) gives exactly the features of the whole clip at once.
 """
 
 from __future__ import annotations
@@ -35,6 +48,15 @@ RMS_DB_OFFSET, RMS_DB_SCALE = -35.0, 15.0
 F0_REFERENCE_HZ = 150.0
 VOICED_MIN_DBFS = -50.0
 EPS_POWER = 1e-10
+# "running" normalisation (see the module docstring)
+EPS_POWER_RUNNING = 1e-14  # -140 dB: far below the relative floor for any level above -50 dBFS
+LEVEL_FLOOR_DBFS = -60.0  # the level tracker never goes below: quieter input counts as silence
+RELATIVE_FLOOR_DB = -90.0
+SPEECH_BELOW_LEVEL_DB = 25.0
+VOICED_BELOW_LEVEL_DB = 35.0
+REL_MEL_SCALE = 15.0
+REL_RMS_OFFSET, REL_RMS_SCALE = -20.0, 15.0
+CHANNEL_PRIOR_DB = (-31.0, -42.0)  # long-term espeak speech spectrum vs the level: a + b * band position in [0, 1]
 
 
 class AudioFeatureExtractor:
@@ -49,13 +71,21 @@ class AudioFeatureExtractor:
         fmin_hz: lowest mel frequency and lowest f0 searched.
         fmax_hz: highest f0 searched.
         voicing_threshold: YIN aperiodicity below which a frame counts as voiced.
+        normalization: "running" (level- and channel-invariant, causal) or "fixed" (constants).
+        level_decay_db_s: how fast the running level tracker falls in pauses, dB per second.
+        channel_time_s: time constant of the running per-band mean, seconds.
     """
 
     def __init__(self, sample_rate: int = 16000, fps: float = 25.0, n_mels: int = 40, pitch: bool = True,
                  n_fft: int | None = None, fmin_hz: float = 60.0, fmax_hz: float = 500.0,
-                 voicing_threshold: float = 0.25) -> None:
+                 voicing_threshold: float = 0.25, normalization: str = "running", level_decay_db_s: float = 2.0,
+                 channel_time_s: float = 3.0) -> None:
         if fps <= 0 or sample_rate <= 0:
             raise ValueError(f"AudioFeatureExtractor: fps ({fps}) and sample_rate ({sample_rate}) must be positive")
+        if normalization not in ("running", "fixed"):
+            raise ValueError(f"AudioFeatureExtractor: normalization={normalization!r}; use 'running' or 'fixed'")
+        self.normalization = normalization
+        self.level_decay_db_s, self.channel_time_s = float(level_decay_db_s), float(channel_time_s)
         self.sample_rate, self.fps, self.n_mels, self.pitch = int(sample_rate), float(fps), int(n_mels), bool(pitch)
         self.n_fft = int(n_fft or 2 ** math.ceil(math.log2(0.064 * sample_rate)))
         self.fmin_hz, self.fmax_hz, self.voicing_threshold = float(fmin_hz), float(fmax_hz), float(voicing_threshold)
@@ -78,7 +108,8 @@ class AudioFeatureExtractor:
         """The constructor arguments (for cache keys and checkpoints)."""
         return {"sample_rate": self.sample_rate, "fps": self.fps, "n_mels": self.n_mels, "pitch": self.pitch,
                 "n_fft": self.n_fft, "fmin_hz": self.fmin_hz, "fmax_hz": self.fmax_hz,
-                "voicing_threshold": self.voicing_threshold}
+                "voicing_threshold": self.voicing_threshold, "normalization": self.normalization,
+                "level_decay_db_s": self.level_decay_db_s, "channel_time_s": self.channel_time_s}
 
     def num_frames(self, num_samples: int) -> int:
         """T = round(duration * fps) for a clip of ``num_samples``."""
@@ -105,23 +136,56 @@ class AudioFeatureExtractor:
         return torch.cat(parts + [stream.finish()])
 
     # ------------------------------------------------------------ per-frame analysis
-    def frame_features(self, frames: np.ndarray) -> np.ndarray:
-        """``[T, dim]`` from analysis windows ``[T, n_fft]`` centred on the frames' centres."""
+    def frame_features(self, frames: np.ndarray, state: dict | None = None) -> np.ndarray:
+        """``[T, dim]`` from analysis windows ``[T, n_fft]`` centred on consecutive frames' centres.
+
+        ``state`` is the running normaliser's (``initial_state()``), updated in place; None starts afresh.
+        """
         frames = frames.astype(np.float64)
+        running = self.normalization == "running"
         spectrum = np.fft.rfft(frames * self.window, axis=-1)
         power = np.abs(spectrum) ** 2 / self.window.sum() ** 2 * 4  # full-scale sine: 1 in its bin
-        mel_db = 10.0 * np.log10(power @ self.mel_basis.T + EPS_POWER)
+        mel_db = 10.0 * np.log10(power @ self.mel_basis.T + (EPS_POWER_RUNNING if running else EPS_POWER))
         half = self.n_fft // 2
         span = max(1, int(round(self.hop)))
         own = frames[:, half - span // 2: half - span // 2 + span]  # the frame's own time span
-        rms_db = 20.0 * np.log10(np.sqrt(np.mean(own**2, axis=-1)) + 1e-5)
-        out = [(mel_db - MEL_DB_OFFSET) / MEL_DB_SCALE, ((rms_db - RMS_DB_OFFSET) / RMS_DB_SCALE)[:, None]]
+        rms_db = 20.0 * np.log10(np.sqrt(np.mean(own**2, axis=-1)) + (1e-7 if running else 1e-5))
+        if running:
+            mel, rms, loud = self._running(mel_db, rms_db, self.initial_state() if state is None else state)
+        else:
+            mel, rms = (mel_db - MEL_DB_OFFSET) / MEL_DB_SCALE, (rms_db - RMS_DB_OFFSET) / RMS_DB_SCALE
+            loud = rms_db > VOICED_MIN_DBFS
+        out = [mel, rms[:, None]]
         if self.pitch:
             f0, aperiodicity = self.yin(frames)
-            voiced = (aperiodicity < self.voicing_threshold) & (rms_db > VOICED_MIN_DBFS)
+            voiced = (aperiodicity < self.voicing_threshold) & loud
             log_f0 = np.where(voiced, np.log2(np.maximum(f0, 1.0) / F0_REFERENCE_HZ), 0.0)
             out += [log_f0[:, None], voiced[:, None].astype(np.float64)]
         return np.concatenate(out, axis=1).astype(np.float32)
+
+    def initial_state(self) -> dict:
+        """The running normaliser's state before the first frame: level tracker and per-band means (dB)."""
+        position = np.linspace(0.0, 1.0, self.n_mels)
+        return {"level": LEVEL_FLOOR_DBFS, "band_mean": CHANNEL_PRIOR_DB[0] + CHANNEL_PRIOR_DB[1] * position}
+
+    def _running(self, mel_db: np.ndarray, rms_db: np.ndarray, state: dict):
+        """Causal level and channel normalisation, frame by frame in order (see the module docstring)."""
+        decay = self.level_decay_db_s / self.fps
+        rate = 1.0 - math.exp(-1.0 / (self.channel_time_s * self.fps))
+        level, band_mean = state["level"], state["band_mean"].copy()
+        mel = np.empty_like(mel_db)
+        rms = np.empty_like(rms_db)
+        loud = np.empty(len(rms_db), dtype=bool)
+        for t in range(len(rms_db)):
+            level = max(rms_db[t], level - decay, LEVEL_FLOOR_DBFS)
+            relative = np.maximum(mel_db[t] - level, RELATIVE_FLOOR_DB)
+            rms[t] = max(rms_db[t] - level, RELATIVE_FLOOR_DB)
+            if rms[t] >= -SPEECH_BELOW_LEVEL_DB:
+                band_mean += rate * (relative - band_mean)
+            mel[t] = relative - band_mean
+            loud[t] = rms[t] >= -VOICED_BELOW_LEVEL_DB
+        state["level"], state["band_mean"] = level, band_mean
+        return mel / REL_MEL_SCALE, (rms - REL_RMS_OFFSET) / REL_RMS_SCALE, loud
 
     def yin(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """YIN f0 (Hz) and aperiodicity (cumulative-mean-normalised difference at the chosen lag), ``[T]`` each."""
@@ -169,6 +233,7 @@ class FeatureStream:
         self.received = 0
         self.next_frame = 0
         self.finished = False
+        self.state = extractor.initial_state()  # the running normaliser's, carried across chunks
 
     def _emit(self, last_frame: int) -> Tensor:
         ext = self.extractor
@@ -184,7 +249,7 @@ class FeatureStream:
         keep_from = int(ext.frame_centre(last_frame)) - ext.n_fft // 2 - self.buffer_start
         if keep_from > 0:
             self.buffer, self.buffer_start = self.buffer[keep_from:], self.buffer_start + keep_from
-        return torch.from_numpy(ext.frame_features(windows))
+        return torch.from_numpy(ext.frame_features(windows, self.state))
 
     def push(self, chunk: np.ndarray | Tensor) -> Tensor:
         """Add the next chunk ``[n]``; return the frames ``[t, dim]`` completed by it."""

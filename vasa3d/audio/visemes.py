@@ -51,20 +51,82 @@ VISEMES: dict[str, tuple[tuple[float, ...], tuple[float, float]]] = {
     "round_close": ((0.15, 0.75, 0.0, 0.0, 0.05), (1.5, 2.0)),
     "consonant": ((0.15, 0.0, 0.05, 0.0, 0.05), (0.5, 0.3)),
 }
-_CLASSES = {
-    "bilabial": "p b m", "labiodental": "f v", "dental": "T D", "alveolar": "t d n l t# d# n- l/ l# *",
-    "sibilant": "s z", "postalveolar": "S Z tS dZ", "r": "r r- R", "velar": "k g N h x Q ?", "w": "w W",
-    "j": "j C", "open": "a A aa a# V 0 A@", "mid": "E e 3 e# E2 E#", "schwa": "@ @2 @5 a2 I2 I#",
-    "spread": "i I y", "round_open": "O o O@ o@", "round_close": "u U u# Y",
+# Every espeak-ng mnemonic is parsed into segments (a base sound + modifiers); each base belongs to one
+# articulation group. Consonants by place (lips, teeth, alveolar ridge, palate, velum); vowels by height and
+# rounding. A diphthong or a vowel sequence ("aI", "iou", "ja") spans its segments in equal parts.
+CONSONANT_GROUPS = {
+    "bilabial": "p b m B P",  # B = beta, P = phi
+    "labiodental": "f v F",  # F = labiodental nasal
+    "dental": "T D",
+    "alveolar": "t d n l L *",  # * = tap; L = lateral variants
+    "sibilant": "s z ts dz",
+    "postalveolar": "S Z tS dZ",
+    "r": "r R",
+    "velar": "k g N x X G q Q h H ?",  # the back of the mouth: velar, uvular, pharyngeal, glottal
+    "j": "j C c J",  # palatal
+    "w": "w",
 }
-SYMBOL_CLASS = {symbol: cls for cls, symbols in _CLASSES.items() for symbol in symbols.split()}
-DIPHTHONGS = {"aI": ("a", "I"), "aU": ("a", "U"), "eI": ("e", "I"), "oU": ("o", "U"), "OI": ("O", "I"),
-              "e@": ("e", "@"), "i@": ("i", "@"), "U@": ("U", "@"), "aI@": ("a", "@"), "aU@": ("a", "@"),
-              "i@3": ("i", "@"), "@U": ("@", "U"), "ju:": ("j", "u")}
-VOWEL_CHARS = set("aeiouAEIOUV@03yY")
+VOWEL_GROUPS = {
+    "open": "a A & 0 V",
+    "mid": "e E 3",
+    "schwa": "@",
+    "spread": "i I",
+    "round_open": "o O Y W 8",  # front rounded mid vowels and barred o included
+    "round_close": "u U y",
+}
+# Marks that refine a base without moving the lips to another group: variants (#, 5), dental [, retroflex .
+# and `, palatalised ^ and ;, nasal ~, syllabic or tense -, centralised ", alveolo-palatal \, length :,
+# tie _ (t_s).
+# A "2" after a vowel marks its reduced (unstressed) form, which is articulated as a schwa.
+MODIFIERS = set("#-.[^~`\"25\\;!:_")  # "_" inside a mnemonic ties an affricate (t_s)
+ASPIRATION = set("hH")  # after a consonant: aspirated or emphatic (ph, kh, tS;h, dH)
+BASE_GROUP = {base: group for groups in (CONSONANT_GROUPS, VOWEL_GROUPS) for group, bases in groups.items()
+              for base in bases.split()}
+_BASES = sorted(BASE_GROUP, key=len, reverse=True)  # longest match first: "tS" before "t"
+BOUNDARY = "boundary"  # a syllable or tone boundary ("_|"): no mouth target of its own
 ANTICIPATION_S, CARRY_OVER_S = 0.07, 0.045  # dominance decay constants before / after a phoneme
 REST_DOMINANCE = 0.05  # a weak pull to neutral everywhere
 GRID_HZ = 200.0
+
+
+def parse_phoneme(symbol: str) -> list[str] | None:
+    """Articulation groups of an espeak-ng mnemonic's segments, in order; None where a character is unknown.
+
+    ``'aI`` -> ``["open", "spread"]``; ``tS;h`` -> ``["postalveolar"]``; ``@2`` -> ``["schwa"]``;
+    ``_:`` -> ``["silence"]``; ``_|`` -> ``["boundary"]`` (no target: the neighbours' targets fill its span).
+    """
+    text = symbol.lstrip("',=%")
+    if not text.strip(":"):
+        return [BOUNDARY]  # a bare length or stress mark
+    if text.startswith("_"):
+        return ["silence"] if text.rstrip(":") == "_" else [BOUNDARY]
+    groups: list[str] = []
+    vowel_last, i = False, 0
+    while i < len(text):
+        if text[i] in ASPIRATION and groups and not vowel_last:
+            i += 1
+            continue
+        base = next((b for b in _BASES if text.startswith(b, i)), None)
+        if base is not None:
+            groups.append(BASE_GROUP[base])
+            vowel_last = base in VOWEL_BASES
+            i += len(base)
+            continue
+        char = text[i]
+        if char == "2" and vowel_last:
+            groups[-1] = "schwa"
+        elif char not in MODIFIERS:
+            return None
+        i += 1
+    return groups or [BOUNDARY]
+
+
+VOWEL_BASES = {base for bases in VOWEL_GROUPS.values() for base in bases.split()}
+
+
+def unmapped_phonemes(symbols) -> list[str]:
+    """The mnemonics among ``symbols`` that :func:`parse_phoneme` cannot map (sorted, unique)."""
+    return sorted({s for s in symbols if parse_phoneme(s) is None})
 
 
 def _strip(symbol: str) -> tuple[str, bool]:
@@ -75,32 +137,26 @@ def _strip(symbol: str) -> tuple[str, bool]:
 
 
 def viseme_class(symbol: str) -> str:
-    """The viseme class of an espeak mnemonic (``'aI`` -> ``open``, ``p`` -> ``bilabial``, ``_:`` -> ``silence``)."""
-    base, _ = _strip(symbol)
-    if not base or base.startswith("_"):
-        return "silence"
-    if base in DIPHTHONGS:
-        base = DIPHTHONGS[base][0]
-    if base in SYMBOL_CLASS:
-        return SYMBOL_CLASS[base]
-    if base[:2] in SYMBOL_CLASS:
-        return SYMBOL_CLASS[base[:2]]
-    if base[0] in SYMBOL_CLASS:
-        return SYMBOL_CLASS[base[0]]
-    return "mid" if base[0] in VOWEL_CHARS else "consonant"
+    """The viseme class of an espeak mnemonic's first segment (``'aI`` -> ``open``, ``p`` -> ``bilabial``,
+    ``_:`` -> ``silence``); raises ``KeyError`` for a mnemonic no group covers."""
+    groups = parse_phoneme(symbol)
+    if groups is None:
+        raise KeyError(f"espeak phoneme {symbol!r} has no viseme; add its base to CONSONANT_GROUPS or VOWEL_GROUPS "
+                       "in vasa3d/audio/visemes.py")
+    return groups[0]
 
 
 def _segments(phonemes: list[Phoneme]) -> list[tuple[float, float, str, bool]]:
-    """(start, end, class, stressed), diphthongs split into their two halves."""
+    """(start, end, class, stressed); multi-segment mnemonics (diphthongs) split into equal parts,
+    boundaries dropped (an unknown mnemonic, which the data manifest counts, acts as a neutral consonant)."""
     out = []
     for ph in phonemes:
-        base, stressed = _strip(ph.symbol)
-        if base in DIPHTHONGS:
-            first, second = DIPHTHONGS[base]
-            mid = 0.5 * (ph.start_s + ph.end_s)
-            out += [(ph.start_s, mid, viseme_class(first), stressed), (mid, ph.end_s, viseme_class(second), False)]
-        else:
-            out.append((ph.start_s, ph.end_s, viseme_class(ph.symbol), stressed))
+        _, stressed = _strip(ph.symbol)
+        groups = parse_phoneme(ph.symbol) or ["consonant"]
+        step = (ph.end_s - ph.start_s) / len(groups)
+        for k, group in enumerate(groups):
+            if group != BOUNDARY:
+                out.append((ph.start_s + k * step, ph.start_s + (k + 1) * step, group, stressed and k == 0))
     return out
 
 
@@ -219,3 +275,21 @@ def mouth_opening(latent: MotionLatent | Tensor) -> Tensor:
     from a ``MotionLatent`` or its ``dyn [..., D]``; used for lip-sync correlation."""
     dyn = latent.dyn if isinstance(latent, MotionLatent) else latent
     return dyn[..., _IDX["jaw_open"]] + 0.3 * (dyn[..., _IDX["upper_lip_raise"]] + dyn[..., _IDX["lower_lip_depress"]])
+
+
+def close_mouth_in_silence(latent: MotionLatent, activity: np.ndarray | Tensor, fps: float = 25.0,
+                           release_s: float = 0.08) -> MotionLatent:
+    """``latent [T]`` with the mouth controls (``MOUTH``) scaled by voice activity ``[T]`` in [0, 1] (e.g.
+    ``vasa3d.audio.vad.voice_activity``), so the mouth rests closed where no one speaks, whatever the noise.
+
+    The gate is the activity smoothed over ``release_s`` (the lips close and open in about that time) and
+    is never narrower than the activity itself (a max with the raw value), so speech onsets are not delayed.
+    """
+    activity = np.clip(np.asarray(activity, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    if len(activity) != len(latent):
+        raise ValueError(f"close_mouth_in_silence: {len(activity)} activity frames for a latent of {len(latent)}; "
+                         "compute the activity for the latent's frames")
+    gate = np.maximum(activity, gaussian_filter1d(activity, sigma=max(release_s * fps, 1e-3), mode="nearest"))
+    dyn = latent.dyn.clone()
+    dyn[..., MOUTH_CHANNELS] = dyn[..., MOUTH_CHANNELS] * torch.as_tensor(gate, dtype=dyn.dtype)[:, None]
+    return MotionLatent(dyn, latent.pose, latent.gaze, latent.blink)

@@ -12,6 +12,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 USAGE = """examples:
   vasa3d render --avatar outputs/fit_subject/checkpoints/last.ckpt \\
                 --motion outputs/audio2motion/checkpoints/last.ckpt --audio speech.wav --camera orbit --out talk.mp4
+  vasa3d render --avatar outputs/fit_subject/checkpoints/last.ckpt --audio speech.wav --out talk.mp4
+                                            # the motion model shipped with vasa3d (printed at the start)
   vasa3d render ... --camera path.json      # keyframes: [{"t": 0, "yaw": -20}, {"t": 2, "yaw": 20, "pitch": 5}]
   vasa3d render ... --online                # generate window by window as the audio arrives; prints latency/FPS
   vasa3d render --avatar A.ckpt --latents motion.npz --audio speech.wav --out talk.mp4   # given latents
@@ -24,7 +26,10 @@ def render_command(argv: Sequence[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--avatar", required=True, type=Path, help="SubjectFitting checkpoint (stage 2)")
     parser.add_argument("--audio", type=Path, help="speech: wav, flac, ogg, mp3 or a video's audio track")
-    parser.add_argument("--motion", type=Path, help="Audio2Motion checkpoint that turns the speech into motion")
+    parser.add_argument("--motion", type=Path, help="Audio2Motion checkpoint that turns the speech into motion "
+                        "(default: the model shipped with vasa3d)")
+    parser.add_argument("--no-vad", action="store_true", help="do not close the mouth where voice activity "
+                        "detection (silero-vad) finds no speech")
     parser.add_argument("--latents", type=Path, help="a MotionLatent .npz to render instead of generating motion")
     parser.add_argument("--camera", default="orbit", help="static | orbit | keyframe .json (default: orbit)")
     parser.add_argument("--out", required=True, type=Path, help="the .mp4 to write")
@@ -36,20 +41,35 @@ def render_command(argv: Sequence[str]) -> int:
     parser.add_argument("--chunk-ms", type=float, default=200.0, help="audio chunk length in online mode")
     parser.add_argument("--window", type=int, help="frames of motion generated at a time (default: the model's "
                         "training window); shorter windows start sooner online")
+    parser.add_argument("--profile", action="store_true",
+                        help="print ms per frame of each stage (deformation, projection, binning, compositing, "
+                        "motion, video encoding)")
     args = parser.parse_args(list(argv))
-    if args.latents is None and (args.motion is None or args.audio is None):
-        parser.error("give --audio with --motion (speech-driven), or --latents (with optional --audio)")
+    if args.latents is None and args.audio is None:
+        parser.error("give --audio (speech-driven, with --motion or the shipped model), or --latents "
+                     "(with optional --audio)")
     if args.size is not None and (args.size < 16 or args.size % 2):
         parser.error(f"--size {args.size}: use an even size of at least 16 px")
 
     from vasa3d.audio.io import load_audio, stream_audio
     from vasa3d.motion.latent import MotionLatent
     from vasa3d.render.talking import TalkingHead
-    from vasa3d.render.video import Mp4Writer
+    from vasa3d.render.video import BackgroundWriter, Mp4Writer
 
-    head = TalkingHead.from_checkpoints(args.avatar, None if args.latents else args.motion)
+    motion_path = None
+    if args.latents is None:
+        from vasa3d.audio.pretrained import describe_motion_model, shipped_motion_model
+
+        try:
+            motion_path = args.motion or shipped_motion_model()
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        if not Path(motion_path).is_file():
+            parser.error(f"{motion_path}: no such motion checkpoint")
+        print(f"using the {describe_motion_model(motion_path)}")
+    head = TalkingHead.from_checkpoints(args.avatar, motion_path)
     size = args.size or head.native_size
-    writer = Mp4Writer(args.out, head.fps)
+    writer = BackgroundWriter(Mp4Writer(args.out, head.fps))  # encodes while the next frames render
     guidance = {k: v for k, v in (("cfg_audio", args.cfg_audio), ("cfg_control", args.cfg_control)) if v is not None}
     sample_rate = head.features.sample_rate if head.features is not None else 16000
     waveform = None
@@ -76,7 +96,9 @@ def render_command(argv: Sequence[str]) -> int:
             start = time.perf_counter()
             features = head.features(waveform)
             features_s = time.perf_counter() - start
-            latents = head.motion.generate(features, seed=args.seed, window=args.window, **guidance)
+            activity = None if args.no_vad else _voice_activity(waveform, sample_rate, head.fps, len(features))
+            latents = head.motion.generate(features, seed=args.seed, window=args.window, voice_activity=activity,
+                                           **guidance)
             motion_s = time.perf_counter() - start - features_s
             progress.update(task, description="rendering", total=len(latents), completed=0)
             stats = head.render_latents(latents, args.camera, size, writer, lambda: progress.advance(task))
@@ -88,4 +110,18 @@ def render_command(argv: Sequence[str]) -> int:
           f"{'with' if waveform is not None else 'without'} audio")
     if stats is not None:
         print(stats.summary())
+        if args.profile:
+            stats.stage_ms["encoding"] = 1000 * writer.encode_s
+            print(stats.stage_table())
     return 0
+
+
+def _voice_activity(waveform, sample_rate: int, fps: float, frames: int):
+    """Voice activity per frame (silero-vad), or None with a warning where the model is not installed."""
+    from vasa3d.audio.vad import VADUnavailableError, voice_activity
+
+    try:
+        return voice_activity(waveform, sample_rate, fps, frames)
+    except VADUnavailableError as error:
+        print(f"warning: {error}; the mouth is not closed in pauses")
+        return None

@@ -10,8 +10,11 @@ generation and rendering timed apart.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vasa3d.gaussians.render import rasterize
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.render.cameras import camera_path
+
+
+# Where a frame's time goes: the avatar's geometry for the latent, the renderer's three stages,
+# motion generation (speech to latents, net of audio features) and writing the video.
+STAGES = ("deformation", "projection", "binning", "compositing", "rasterization", "motion", "encoding")
 
 
 @dataclass
@@ -35,6 +44,21 @@ class RenderStats:
     first_frame_s: float | None = None  # compute time until the first frame is ready
     buffering_s: float = 0.0  # audio that must arrive before the first window can start
     per_frame_render_ms: list[float] = field(default_factory=list)
+    stage_ms: dict[str, float] = field(default_factory=dict)  # total ms per stage (see STAGES)
+
+    def add_stage(self, name: str, ms: float) -> None:
+        self.stage_ms[name] = self.stage_ms.get(name, 0.0) + ms
+
+    def stage_table(self) -> str:
+        """ms per frame of each stage, one line each (``vasa3d render --profile``, benchmarks/realtime.py)."""
+        frames = max(self.frames, 1)
+        stages = {**self.stage_ms, **({"motion": 1000 * self.motion_s} if self.motion_s > 0 else {})}
+        lines = [f"{'stage':<12} {'ms/frame':>9}"]
+        for name in STAGES:
+            if name in stages:
+                lines.append(f"{name:<12} {stages[name] / frames:9.2f}")
+        lines.append(f"{'wall':<12} {1000 * self.wall_s / frames:9.2f}")
+        return "\n".join(lines)
 
     @property
     def fps(self) -> float:
@@ -69,11 +93,12 @@ class TalkingHead:
     @classmethod
     def from_checkpoints(cls, avatar_ckpt: str | Path, motion_ckpt: str | Path | None = None) -> "TalkingHead":
         """Load the avatar and (optionally) the motion model, both on the CPU."""
+        from vasa3d import runs
         from vasa3d.systems import Audio2Motion, SubjectFitting
 
-        for path in (avatar_ckpt, motion_ckpt):
-            if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{path}: no such checkpoint")
+        avatar_ckpt = runs.resolve_checkpoint(avatar_ckpt)  # a run folder or root names its newest last.ckpt
+        if motion_ckpt is not None:
+            motion_ckpt = runs.resolve_checkpoint(motion_ckpt)
         avatar = SubjectFitting.load_from_checkpoint(avatar_ckpt, map_location="cpu").eval()
         motion, features = None, None
         if motion_ckpt is not None:
@@ -88,13 +113,29 @@ class TalkingHead:
         K[:2] *= size / self.native_size
         return K
 
-    @torch.no_grad()
-    def render_frame(self, latent: MotionLatent, viewmat: Tensor, size: int) -> np.ndarray:
-        """One frame ``[size, size, 3]`` uint8 of ``latent [1]`` seen by ``viewmat [4, 4]``."""
-        frame = self.avatar.avatar.frame(latent)
-        out = self.avatar.avatar.render(frame, 0, viewmat[None], self.intrinsics(size)[None], size,
-                                        self.avatar.background, self.avatar.hparams.backend)
-        return (out.rgb[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    @torch.inference_mode()
+    def render_frame(self, latent: MotionLatent, viewmat: Tensor, size: int,
+                     stats: RenderStats | None = None) -> np.ndarray:
+        """One frame ``[size, size, 3]`` uint8 of ``latent [1]`` seen by ``viewmat [4, 4]``; with ``stats``,
+        adds the time of each stage to ``stats.stage_ms``."""
+        start = time.perf_counter()
+        with _one_thread():  # small tensors: a barrier per op would cost more than a second core gives
+            frame = self.avatar.avatar.frame(latent)
+            g = self.avatar.avatar.world_gaussians(frame, 0)
+        deformed = time.perf_counter()
+        out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmat[None],
+                        self.intrinsics(size)[None], size, size, backgrounds=self.avatar.background,
+                        backend=self.avatar.hparams.backend)
+        with _one_thread():
+            image = (out.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        if stats is not None:
+            stats.add_stage("deformation", 1000 * (deformed - start))
+            stages = out.info.get("stage_ms")
+            if stages is None:  # gsplat: one fused call
+                stages = {"rasterization": 1000 * (time.perf_counter() - deformed)}
+            for name, ms in stages.items():
+                stats.add_stage(name, ms)
+        return image
 
     def _require_motion(self) -> None:
         if self.motion is None or self.features is None:
@@ -109,8 +150,11 @@ class TalkingHead:
         cameras = camera_path(camera, self.viewmat, len(latents), self.fps)
         for t in range(len(latents)):
             t0 = time.perf_counter()
-            writer.write(self.render_frame(latents[t:t + 1], cameras[t], size))
+            frame = self.render_frame(latents[t:t + 1], cameras[t], size, stats)
             stats.per_frame_render_ms.append(1000 * (time.perf_counter() - t0))
+            t1 = time.perf_counter()
+            writer.write(frame)
+            stats.add_stage("encoding", 1000 * (time.perf_counter() - t1))
             if stats.first_frame_s is None:
                 stats.first_frame_s = time.perf_counter() - start
             if progress is not None:
@@ -144,17 +188,12 @@ class TalkingHead:
             yield part
 
         windows = self.motion.stream(features(), window=window, seed=seed, **generate_kwargs)
-        while True:
-            t0 = time.perf_counter()
-            window = next(windows, None)
-            stats.motion_s += time.perf_counter() - t0
-            if window is None:
-                break
+        for window in _run_ahead(windows, stats):
             for i in range(len(window)):
                 if stats.frames >= total_frames:
                     break
                 t1 = time.perf_counter()
-                frame = self.render_frame(window[i:i + 1], cameras[stats.frames], size)
+                frame = self.render_frame(window[i:i + 1], cameras[stats.frames], size, stats)
                 stats.per_frame_render_ms.append(1000 * (time.perf_counter() - t1))
                 stats.render_s += stats.per_frame_render_ms[-1] / 1000
                 stats.frames += 1
@@ -165,3 +204,59 @@ class TalkingHead:
         # feature extraction runs inside the motion model's pull: keep the motion time net of it
         stats.motion_s = max(stats.motion_s - stats.features_s, 0.0)
         stats.wall_s = time.perf_counter() - start
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops on one thread inside the block (the per-frame deformation: tensors of a few
+    thousand vertices and one MLP pass over the Gaussians), then restore the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int = 2) -> Iterator[MotionLatent]:
+    """Yield ``windows`` while a thread already generates the next ones (at most ``depth`` ahead), so
+    motion generation overlaps rendering; its time goes to ``stats.motion_s``. Errors re-raise here."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        # One thread for the motion model: it overlaps the renderer, which keeps the cores busy.
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            try:
+                item = None
+                while item is not done and not stop.is_set():
+                    t0 = time.perf_counter()
+                    item = next(windows, done)
+                    stats.motion_s += time.perf_counter() - t0
+                    offer(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                offer(exc)
+
+    worker = threading.Thread(target=produce, name="vasa3d-motion", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()

@@ -79,3 +79,56 @@ class Mp4Writer:
             return self.path
         finally:
             self._tmp.cleanup()
+
+
+class BackgroundWriter:
+    """Feed a writer (``.write(frame)``, ``.close(...)``) from a thread, so that encoding overlaps rendering.
+
+    :meth:`write` queues the frame (blocking only when ``max_queue`` frames wait) and returns;
+    :meth:`close` waits for the queue, re-raises any error of the writer and closes it.
+    ``encode_s`` is the time the thread spent in the writer's ``write``.
+    """
+
+    def __init__(self, writer, max_queue: int = 8) -> None:
+        import queue
+        import threading
+
+        self.writer, self.encode_s = writer, 0.0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="vasa3d-encoder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                return
+            if self._error is not None:
+                continue  # drain after a failure; close() reports it
+            start = time.perf_counter()
+            try:
+                self.writer.write(frame)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by close()
+                self._error = exc
+            self.encode_s += time.perf_counter() - start
+
+    @property
+    def frames(self) -> int:
+        return self.writer.frames
+
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one frame ``[H, W, 3]`` uint8."""
+        if self._error is not None:
+            raise RuntimeError(f"the video writer failed: {self._error}") from self._error
+        self._queue.put(frame)
+
+    def close(self, *args, **kwargs):
+        """Wait for the queued frames, then close the writer (same arguments as its ``close``)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"the video writer failed: {self._error}") from self._error
+        return self.writer.close(*args, **kwargs)

@@ -49,7 +49,8 @@ class Audio2Motion(L.LightningModule):
         p_drop_prev: probability of dropping the previous-window prefix in training.
         w_velocity: weight of the frame-to-frame velocity loss on the predicted motion.
         sample_steps: DDIM steps at inference.
-        cfg_audio: default audio guidance scale at inference (1 = none).
+        cfg_audio: default audio guidance scale at inference (1 = none; above 1 the head drifts on long
+            audio, see ``vasa3d.audio.diffusion``).
         cfg_control: default control guidance scale at inference (1 = none).
         crossfade: default frames over which a window border's residual jump fades out (0 = off).
         lr: AdamW peak learning rate.
@@ -60,6 +61,10 @@ class Audio2Motion(L.LightningModule):
         stats_batches: training batches used for the normalisation statistics and the energy baseline.
         eval_utterances: held-out utterances generated at each validation (0 = no generation metrics).
         eval_seeds: seeds per utterance, for the diversity metric.
+        pose_control: condition on the window's mean head rotation (set to the anchor pose at inference,
+            so long audio keeps the head centred).
+        pose_limit: soft limit of the generated pose, in training std (None = none).
+        motion_limit: soft limit of the other generated channels, in training std (None = none).
         feature_config: the audio feature extractor's settings (``AudioFeatureExtractor.config()``);
             None takes the datamodule's, and the checkpoint keeps them so inference extracts the same features.
     """
@@ -85,7 +90,7 @@ class Audio2Motion(L.LightningModule):
         p_drop_prev: float = 0.1,
         w_velocity: float = 1.0,
         sample_steps: int = 20,
-        cfg_audio: float = 1.5,
+        cfg_audio: float = 1.0,
         cfg_control: float = 1.0,
         crossfade: int = 2,
         lr: float = 1e-3,
@@ -96,6 +101,9 @@ class Audio2Motion(L.LightningModule):
         eval_utterances: int = 4,
         eval_seeds: int = 3,
         feature_config: dict | None = None,
+        pose_control: bool = False,
+        pose_limit: float | None = 2.5,
+        motion_limit: float | None = 4.0,
     ) -> None:
         super().__init__()
         if model_type not in ("diffusion", "regression"):
@@ -114,7 +122,8 @@ class Audio2Motion(L.LightningModule):
                       emotion_dim=hp.emotion_dim, window=hp.window, prev_frames=hp.prev_frames, fps=hp.fps,
                       d_model=hp.d_model, num_layers=hp.num_layers, num_heads=hp.num_heads, dropout=hp.dropout,
                       p_drop_audio=hp.p_drop_audio, p_drop_control=hp.p_drop_control, p_drop_prev=hp.p_drop_prev,
-                      w_velocity=hp.w_velocity)
+                      w_velocity=hp.w_velocity, pose_control=hp.pose_control, pose_limit=hp.pose_limit,
+                      motion_limit=hp.motion_limit)
         if hp.model_type == "diffusion":
             self.model = MotionDiffusion(**common, num_timesteps=hp.num_timesteps, sample_steps=hp.sample_steps)
         else:
@@ -186,10 +195,19 @@ class Audio2Motion(L.LightningModule):
 
     def generate(self, audio_features: Tensor, fps: float | None = None, window: int | None = None,
                  prev: int | None = None, seed: int = 0, cfg_audio: float | None = None,
-                 cfg_control: float | None = None, **kwargs) -> MotionLatent:
-        """``MotionLatent [T]`` for audio features ``[T, F]``; see ``WindowedMotionModel.stream`` for options."""
-        return MotionLatent.cat(list(self.stream([audio_features], window, prev, seed, cfg_audio, cfg_control,
-                                                 fps=fps, **kwargs)))
+                 cfg_control: float | None = None, voice_activity=None, **kwargs) -> MotionLatent:
+        """``MotionLatent [T]`` for audio features ``[T, F]``; see ``WindowedMotionModel.stream`` for options.
+
+        ``voice_activity [T]`` in [0, 1] (``vasa3d.audio.vad.voice_activity`` of the same audio) closes the
+        mouth where nobody speaks (``vasa3d.audio.visemes.close_mouth_in_silence``).
+        """
+        latent = MotionLatent.cat(list(self.stream([audio_features], window, prev, seed, cfg_audio, cfg_control,
+                                                   fps=fps, **kwargs)))
+        if voice_activity is not None:
+            from vasa3d.audio.visemes import close_mouth_in_silence
+
+            latent = close_mouth_in_silence(latent, voice_activity, self.hparams.fps)
+        return latent
 
     def stream(self, feature_chunks, window: int | None = None, prev: int | None = None, seed: int = 0,
                cfg_audio: float | None = None, cfg_control: float | None = None, fps: float | None = None,
