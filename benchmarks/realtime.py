@@ -19,7 +19,7 @@ stage-2 ``SubjectFitting`` built from ``experiments/fit_subject.yaml`` at its ``
 (30k), unfitted, and the motion model an ``Audio2Motion`` of ``experiments/audio2motion.yaml``'s
 size with random weights: the same computation per frame as fitted ones.
 
-Run:  python benchmarks/realtime.py [--avatar CKPT] [--motion CKPT] [--synthetic] [--sizes 256 512]
+Run:  python benchmarks/realtime.py [--avatar CKPT|RUN] [--motion CKPT] [--synthetic] [--sizes 256 512]
 Writes benchmarks/results/<date>-realtime.{md,csv,json}.
 """
 
@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vasa3d.runs import last_checkpoint
+from vasa3d.audio.pretrained import DEFAULT_MOTION_MODEL
 from vasa3d.metrics.table import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,8 +144,10 @@ def reference_comparison(head, latent, size: int, repeats: int = 5) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--avatar", type=Path, default=ROOT / "outputs/fit_subject/checkpoints/last.ckpt")
-    parser.add_argument("--motion", type=Path, default=ROOT / "outputs/audio2motion/checkpoints/last.ckpt")
+    parser.add_argument("--avatar", type=Path, default=ROOT / "outputs/fit_subject/astronaut",
+                        help="stage-2 checkpoint, run folder or run root (its newest last.ckpt)")
+    parser.add_argument("--motion", type=Path, default=DEFAULT_MOTION_MODEL,
+                        help="Audio2Motion checkpoint (default: the shipped model)")
     parser.add_argument("--synthetic", action="store_true",
                         help="an unfitted 30k-Gaussian stage-2 head and an untrained motion model of the configs' "
                         "sizes (the default when --avatar does not exist)")
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from vasa3d.audio.speech import synthesize
     from vasa3d.render.talking import STAGES, TalkingHead
 
+    if args.avatar.is_dir():
+        args.avatar = last_checkpoint(args.avatar) or args.avatar
     synthetic = args.synthetic or not args.avatar.is_file()
     if synthetic:
         print(f"{args.avatar}: not found; using a synthetic stage-2 head (see --synthetic)" if not args.synthetic

@@ -103,12 +103,15 @@ class _DropAdverts(logging.Filter):
 def quiet_library_chatter() -> None:
     """Drop library messages that say nothing about the user's run: Lightning's product tips, a
     deprecation warning Lightning raises about its own use of torch's pytree (not the user's code), and
-    its advice on checkpointing manual optimisation (with a code sample)."""
+    its advice on checkpointing manual optimisation (with a code sample), torch's "no CUDA runtime" note."""
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # Our systems optimise manually and checkpoint after the step; resuming is tested bit for bit.
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+    # torch says no CUDA runtime exists when gsplat or our CPU extension imports cpp_extension: true, and
+    # beside the point on a CPU machine (on a GPU machine it is not said)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdverts) for f in logger.filters):

@@ -25,7 +25,6 @@ If the build fails, :func:`is_available` returns ``False`` and a warning says wh
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import platform
 import sys
@@ -118,8 +117,6 @@ def _build(directory: Path) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     print("vasa3d: compiling the CPU Gaussian compositor (first use, ~30 s)…", file=sys.stderr, flush=True)
-    # torch warns that no CUDA runtime exists: true and irrelevant to this CPU-only build
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     load_extension(name=_NAME, sources=[str(_SOURCE), *map(str, _EXTRA_SOURCES)], extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),
                    build_directory=str(directory), is_python_module=False, verbose=False)
 
