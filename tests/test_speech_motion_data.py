@@ -106,16 +106,13 @@ def test_real_video_pairs_from_an_mp4(tmp_path):
     assert np.abs(pair["pose"][:, :3]).max() < 0.1  # a still face: close to the neutral pose
 
 
-def test_changed_code_changes_the_cache_key(tmp_path, monkeypatch):
+def test_changed_code_changes_the_cache_key(tmp_path, monkeypatch, code_module):
     import datamodules.speech_motion as speech_motion
 
-    package = tmp_path / "src" / "fake_speech_code"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("VERSION = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    monkeypatch.setattr(speech_motion, "SOURCES", (*speech_motion.SOURCES, "fake_speech_code"))
+    name, edit = code_module
+    monkeypatch.setattr(speech_motion, "SOURCES", (*speech_motion.SOURCES, name))
     dm = SpeechMotionDataModule(cache_dir=str(tmp_path / "cache"), **SMALL)
     key = dm.cache_key()
     assert SpeechMotionDataModule(cache_dir=str(tmp_path / "cache"), **SMALL).cache_key() == key  # stable
-    (package / "__init__.py").write_text("VERSION = 2\n")  # the code that makes the utterances changed
+    edit("VERSION = 2\n")  # the code that makes the utterances changed
     assert dm.cache_key() != key

@@ -83,21 +83,18 @@ def test_cache_key_ignores_teacher_state_but_not_its_settings(tmp_path):
     assert dm.cache_key() != key
 
 
-def test_changed_code_rebuilds_the_cache(tmp_path, monkeypatch):
+def test_changed_code_rebuilds_the_cache(tmp_path, monkeypatch, code_module):
     import datamodules.synthetic_video as synthetic_video
 
-    package = tmp_path / "src" / "fake_teacher_code"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("VERSION = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    monkeypatch.setattr(synthetic_video, "SOURCES", (*synthetic_video.SOURCES, "fake_teacher_code"))
+    name, edit = code_module
+    monkeypatch.setattr(synthetic_video, "SOURCES", (*synthetic_video.SOURCES, name))
     teacher = MeshLiftTeacher(num_gaussians=3000, identity_steps=10, refine_steps=0)
     settings = dict(teacher=teacher, crop_size=96, num_clips=1, frames_per_clip=2, heldout_clips=0,
                     heldout_pose_clips=0, cache_dir=str(tmp_path / "cache"))
     first = SyntheticVideoDataModule(**settings)
     first.prepare_data()
     old_key = first.cache_key()
-    (package / "__init__.py").write_text("VERSION = 2\n")  # the code that makes the frames changed
+    edit("VERSION = 2\n")  # the code that makes the frames changed
     second = SyntheticVideoDataModule(**settings)
     assert second.cache_key() != old_key
     assert not (second.cache_path / "manifest.json").exists()  # the old clips are not served...
