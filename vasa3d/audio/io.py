@@ -70,6 +70,17 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return stream.resample_chunk(np.asarray(waveform, dtype=np.float32), last=True)
 
 
+def mono_at(waveform: np.ndarray, sample_rate: int, target_sr: int, what: str) -> np.ndarray:
+    """Mono ``waveform [N]`` checked and resampled to ``target_sr`` (float32), for a model that needs that rate;
+    ``what`` names the caller in the error of a bad input."""
+    samples = np.asarray(waveform, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"{what}: waveform must be mono [N]; got shape {samples.shape}")
+    if sample_rate <= 0:
+        raise ValueError(f"{what}: sample_rate must be positive; got {sample_rate}")
+    return resample(samples, int(sample_rate), target_sr).astype(np.float32, copy=False)
+
+
 def _av_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
     """Decode the first audio stream with PyAV, incrementally: (sample rate, iterator of ``[n, C]`` float32)."""
     import av

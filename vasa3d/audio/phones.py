@@ -88,15 +88,9 @@ def recognize_phones(waveform: np.ndarray, sample_rate: int) -> list[PhoneSpan]:
     Returns contiguous :class:`PhoneSpan` s in time order, silences (``SIL``) and fillers included.
     Trained on US English: on other languages it returns the nearest English phones.
     """
-    samples = np.asarray(waveform, dtype=np.float32)
-    if samples.ndim != 1:
-        raise ValueError(f"phone recognition: waveform must be mono [N]; got shape {samples.shape}")
-    if sample_rate <= 0:
-        raise ValueError(f"phone recognition: sample_rate must be positive; got {sample_rate}")
-    if sample_rate != DECODER_SAMPLE_RATE:
-        from vasa3d.audio.io import resample
+    from vasa3d.audio.io import mono_at
 
-        samples = resample(samples, int(sample_rate), DECODER_SAMPLE_RATE)
+    samples = mono_at(waveform, sample_rate, DECODER_SAMPLE_RATE, "phone recognition")
     if samples.size < DECODER_SAMPLE_RATE // 10:
         raise ValueError(f"phone recognition: {samples.size / DECODER_SAMPLE_RATE:.3f} s of audio; give at least 0.1 s")
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")

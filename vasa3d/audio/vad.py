@@ -57,15 +57,9 @@ def chunk_probabilities(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
 
     Chunk ``i`` covers ``[i * 0.032, (i + 1) * 0.032)`` seconds; the last chunk is zero-padded.
     """
-    samples = np.asarray(waveform, dtype=np.float32)
-    if samples.ndim != 1:
-        raise ValueError(f"voice activity: waveform must be mono [N]; got shape {samples.shape}")
-    if sample_rate <= 0:
-        raise ValueError(f"voice activity: sample_rate must be positive; got {sample_rate}")
-    if sample_rate != VAD_SAMPLE_RATE:
-        from vasa3d.audio.io import resample
+    from vasa3d.audio.io import mono_at
 
-        samples = resample(samples, int(sample_rate), VAD_SAMPLE_RATE).astype(np.float32)
+    samples = mono_at(waveform, sample_rate, VAD_SAMPLE_RATE, "voice activity")
     if samples.size == 0:
         return np.zeros(0)
     model = load_vad()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,19 +91,13 @@ def render_command(argv: Sequence[str]) -> int:
                 writer.write(frame)
                 progress.advance(task)
         else:
+            from vasa3d.render.speak import speak_into
+
             task = progress.add_task("motion", total=None)
-            start = time.perf_counter()
-            features = head.features(waveform)
-            features_s = time.perf_counter() - start
-            activity = None if args.no_vad else _voice_activity(waveform, sample_rate, head.fps, len(features))
-            latents = head.motion.generate(features, seed=args.seed, window=args.window, voice_activity=activity,
-                                           **guidance)
-            motion_s = time.perf_counter() - start - features_s
-            progress.update(task, description="rendering", total=len(latents), completed=0)
-            stats = head.render_latents(latents, args.camera, size, writer, lambda: progress.advance(task))
-            stats.features_s, stats.motion_s = features_s, motion_s
-            stats.first_frame_s += features_s + motion_s
-            stats.wall_s += features_s + motion_s
+            stats = speak_into(head, waveform, sample_rate, writer, args.camera, size, args.seed, not args.no_vad,
+                               args.window, lambda: progress.advance(task),
+                               lambda frames: progress.update(task, description="rendering", total=frames,
+                                                              completed=0), **guidance)
     path = writer.close(waveform, sample_rate)
     print(f"wrote {path}: {writer.frames} frames at {head.fps:g} FPS, {size}x{size}, "
           f"{'with' if waveform is not None else 'without'} audio")
@@ -115,13 +108,3 @@ def render_command(argv: Sequence[str]) -> int:
             print(stats.stage_table())
     return 0
 
-
-def _voice_activity(waveform, sample_rate: int, fps: float, frames: int):
-    """Voice activity per frame (silero-vad), or None with a warning where the model is not installed."""
-    from vasa3d.audio.vad import VADUnavailableError, voice_activity
-
-    try:
-        return voice_activity(waveform, sample_rate, fps, frames)
-    except VADUnavailableError as error:
-        print(f"warning: {error}; the mouth is not closed in pauses")
-        return None

@@ -38,23 +38,35 @@ def voice_activity_or_none(waveform: np.ndarray, sample_rate: int, fps: float, f
         return None
 
 
-def talking_video(head: TalkingHead, waveform: np.ndarray, sample_rate: int, out: str | Path, camera: str = "orbit",
-                  size: int | None = None, seed: int = 0, vad: bool = True,
-                  progress: Callable[[], None] | None = None, **guidance) -> tuple[Path, RenderStats]:
-    """Render ``waveform`` (mono, at ``sample_rate``, which must be the motion model's feature rate) as a
-    talking video at ``out`` (mp4 with the audio). Returns the path and the run's timings."""
+def speak_into(head: TalkingHead, waveform: np.ndarray, sample_rate: int, writer, camera: str = "orbit",
+               size: int | None = None, seed: int = 0, vad: bool = True, window: int | None = None,
+               progress: Callable[[], None] | None = None, on_motion: Callable[[int], None] | None = None,
+               **guidance) -> RenderStats:
+    """Speech features → voice activity → latents → frames into ``writer`` (``.write(frame)``; left open).
+
+    ``waveform`` is mono at ``sample_rate``, the motion model's feature rate. ``on_motion(frames)`` is
+    called once the latents exist, ``progress()`` after each frame. Returns the run's timings."""
     if head.motion is None or head.features is None:
-        raise ValueError("talking_video: the TalkingHead has no motion model")
+        raise ValueError("speak_into: the TalkingHead has no motion model")
     start = time.perf_counter()
     features = head.features(waveform)
     features_s = time.perf_counter() - start
     activity = voice_activity_or_none(waveform, sample_rate, head.fps, len(features)) if vad else None
-    latents = head.motion.generate(features, seed=seed, voice_activity=activity, **guidance)
+    latents = head.motion.generate(features, seed=seed, window=window, voice_activity=activity, **guidance)
     motion_s = time.perf_counter() - start - features_s
-    writer = BackgroundWriter(Mp4Writer(out, head.fps))
+    if on_motion is not None:
+        on_motion(len(latents))
     stats = head.render_latents(latents, camera, size or head.native_size, writer, progress)
-    path = writer.close(waveform, sample_rate)
     stats.features_s, stats.motion_s = features_s, motion_s
     stats.first_frame_s = (stats.first_frame_s or 0.0) + features_s + motion_s
     stats.wall_s += features_s + motion_s
-    return path, stats
+    return stats
+
+
+def talking_video(head: TalkingHead, waveform: np.ndarray, sample_rate: int, out: str | Path, camera: str = "orbit",
+                  size: int | None = None, seed: int = 0, vad: bool = True,
+                  progress: Callable[[], None] | None = None, **guidance) -> tuple[Path, RenderStats]:
+    """:func:`speak_into` a new mp4 at ``out`` (with the audio). Returns the path and the run's timings."""
+    writer = BackgroundWriter(Mp4Writer(out, head.fps))
+    stats = speak_into(head, waveform, sample_rate, writer, camera, size, seed, vad, progress=progress, **guidance)
+    return writer.close(waveform, sample_rate), stats

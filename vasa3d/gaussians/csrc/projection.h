@@ -14,18 +14,28 @@ namespace vasa3d {
 // which costs a millisecond at most and spares a thread barrier (expensive when cores are shared).
 constexpr int64_t kSerialBelow = 1 << 17;
 
+// One camera: world-to-camera rotation R (row-major) and translation t, intrinsics, and the
+// limits of x/z and y/z that the Jacobian is clamped to (1.3 times the half field of view, as gsplat).
+template <typename S>
+struct Pinhole {
+  S R[9], t[3], fx, fy, cx, cy, lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg;
+  Pinhole(const S* viewmat, const S* K, int64_t width, int64_t height)
+      : R{viewmat[0], viewmat[1], viewmat[2], viewmat[4], viewmat[5], viewmat[6], viewmat[8], viewmat[9], viewmat[10]},
+        t{viewmat[3], viewmat[7], viewmat[11]}, fx(K[0]), fy(K[4]), cx(K[2]), cy(K[5]) {
+    const S tan_fovx = S(0.5) * S(width) / fx, tan_fovy = S(0.5) * S(height) / fy;
+    lim_x_pos = (S(width) - cx) / fx + S(0.3) * tan_fovx, lim_x_neg = cx / fx + S(0.3) * tan_fovx;
+    lim_y_pos = (S(height) - cy) / fy + S(0.3) * tan_fovy, lim_y_neg = cy / fy + S(0.3) * tan_fovy;
+  }
+};
+
 // One camera's projection of N Gaussians (the per-Gaussian arithmetic of project_gaussians).
 template <typename S>
 void project(const S* means, const S* quats, const S* scales, const S* viewmat, const S* K, int64_t n,
              int64_t width, int64_t height, S eps2d, S near_plane, S far_plane, S radius_clip,
              const S* opac, S min_opacity, S* m2d, S* conics, S* depths, int32_t* radii) {
-  const S R[9] = {viewmat[0], viewmat[1], viewmat[2], viewmat[4], viewmat[5], viewmat[6],
-                  viewmat[8], viewmat[9], viewmat[10]};
-  const S t[3] = {viewmat[3], viewmat[7], viewmat[11]};
-  const S fx = K[0], fy = K[4], cx = K[2], cy = K[5];
-  const S tan_fovx = S(0.5) * S(width) / fx, tan_fovy = S(0.5) * S(height) / fy;
-  const S lim_x_pos = (S(width) - cx) / fx + S(0.3) * tan_fovx, lim_x_neg = cx / fx + S(0.3) * tan_fovx;
-  const S lim_y_pos = (S(height) - cy) / fy + S(0.3) * tan_fovy, lim_y_neg = cy / fy + S(0.3) * tan_fovy;
+  const Pinhole<S> cam(viewmat, K, width, height);
+  const S *R = cam.R, *t = cam.t, fx = cam.fx, fy = cam.fy, cx = cam.cx, cy = cam.cy;
+  const S lim_x_pos = cam.lim_x_pos, lim_x_neg = cam.lim_x_neg, lim_y_pos = cam.lim_y_pos, lim_y_neg = cam.lim_y_neg;
   at::parallel_for(0, n, kSerialBelow, [&](int64_t lo, int64_t hi) {
     for (int64_t g = lo; g < hi; ++g) {
       const S* q = quats + 4 * g;
@@ -75,13 +85,9 @@ template <typename S>
 void project_backward(const S* means, const S* quats, const S* scales, const S* viewmat, const S* K, int64_t n,
                       int64_t width, int64_t height, S eps2d, const int32_t* radii, const S* v_m2d,
                       const S* v_conics, const S* v_depths, S* v_means, S* v_quats, S* v_scales) {
-  const S R[9] = {viewmat[0], viewmat[1], viewmat[2], viewmat[4], viewmat[5], viewmat[6],
-                  viewmat[8], viewmat[9], viewmat[10]};
-  const S t[3] = {viewmat[3], viewmat[7], viewmat[11]};
-  const S fx = K[0], fy = K[4], cx = K[2], cy = K[5];
-  const S tan_fovx = S(0.5) * S(width) / fx, tan_fovy = S(0.5) * S(height) / fy;
-  const S lim_x_pos = (S(width) - cx) / fx + S(0.3) * tan_fovx, lim_x_neg = cx / fx + S(0.3) * tan_fovx;
-  const S lim_y_pos = (S(height) - cy) / fy + S(0.3) * tan_fovy, lim_y_neg = cy / fy + S(0.3) * tan_fovy;
+  const Pinhole<S> cam(viewmat, K, width, height);
+  const S *R = cam.R, *t = cam.t, fx = cam.fx, fy = cam.fy, cx = cam.cx, cy = cam.cy;
+  const S lim_x_pos = cam.lim_x_pos, lim_x_neg = cam.lim_x_neg, lim_y_pos = cam.lim_y_pos, lim_y_neg = cam.lim_y_neg;
   at::parallel_for(0, n, kSerialBelow, [&](int64_t lo, int64_t hi) {
     for (int64_t g = lo; g < hi; ++g) {
       if (radii[2 * g] <= 0 || radii[2 * g + 1] <= 0) continue;
