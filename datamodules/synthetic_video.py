@@ -3,7 +3,10 @@
 Each subject's portrait is analysed once; a teacher renders ``num_clips`` training clips of
 ``frames_per_clip`` frames whose motion (talking, blinks, gaze, head pose over the training
 yaw range) is sampled from the seed, plus held-out clips: ``heldout_clips`` with unseen
-latents in the same pose range, and ``heldout_pose_clips`` whose yaw lies beyond it. Every
+latents in the same pose range, and ``heldout_pose_clips`` whose yaw lies beyond it. With
+``wide_clips``, training also sees the head turned further (50-60° yaw, ±25° pitch by default) on
+both sides, so the held-out-pose band lies between poses the fit saw. Frames carry the teacher's
+per-pixel reliability when it gives one (observed / completed / guessed). Every
 frame's landmarks are re-detected with mediapipe (the supervision an external teacher would
 give too). Clips are cached under ``cache_dir/<key>/`` with a ``manifest.json``; the key hashes
 everything that changes the data, so a second run with the same settings reuses the cache.
@@ -31,7 +34,7 @@ from vasa3d.teachers import MeshLiftTeacher, Teacher
 from vasa3d.teachers.evaluation import detect_landmarks
 
 SPLITS = ("train", "heldout_latent", "heldout_pose")
-CACHE_VERSION = 2  # 2: the subject files hold the portrait crop, mask and head region
+CACHE_VERSION = 3  # 2: the subject files hold the portrait crop, mask and head region; 3: wide clips, reliability
 # The code that makes the cached data: its source is part of the cache key (with the teacher's own module).
 SOURCES = ("datamodules.synthetic_video", "datamodules.portrait", "vasa3d.face", "vasa3d.motion", "vasa3d.teachers",
            "vasa3d.gaussians", "vasa3d.losses")
@@ -40,10 +43,12 @@ SOURCES = ("datamodules.synthetic_video", "datamodules.portrait", "vasa3d.face",
 class _Frames(Dataset):
     """Single frames of the cached clips of one split (see :class:`SyntheticVideoDataModule`)."""
 
-    def __init__(self, clips: list[dict[str, np.ndarray]], cameras: list[dict[str, torch.Tensor]]) -> None:
+    def __init__(self, clips: list[dict[str, np.ndarray]], cameras: list[dict[str, torch.Tensor]],
+                 keep_undetected: bool = False) -> None:
         self.clips, self.cameras = clips, cameras
         self.index = [(c, t) for c, clip in enumerate(clips) for t in range(len(clip["frames"]))
-                      if not np.isnan(clip["detected"][t]).any()]
+                      if not np.isnan(clip["detected"][t]).any()
+                      or (keep_undetected and not np.isnan(clip["landmarks"][t]).any())]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -52,10 +57,13 @@ class _Frames(Dataset):
         c, t = self.index[i]
         clip = self.clips[c]
         subject = int(clip["subject"])
+        detected = clip["detected"][t][:, :2]
+        if np.isnan(detected).any():  # a wide view mediapipe misses: the landmarks the teacher intended
+            detected = clip["landmarks"][t][:, :2]
         item = {
             "image": torch.from_numpy(clip["frames"][t]).permute(2, 0, 1).float() / 255.0,
             "mask": torch.from_numpy(clip["masks"][t])[None].float() / 255.0,
-            "landmarks": torch.from_numpy(clip["detected"][t][:, :2]).float(),
+            "landmarks": torch.from_numpy(np.ascontiguousarray(detected)).float(),
             "intended_landmarks": torch.from_numpy(clip["landmarks"][t]).float(),
             "dyn": torch.from_numpy(clip["dyn"][t]).float(),
             "pose": torch.from_numpy(clip["pose"][t]).float(),
@@ -64,6 +72,8 @@ class _Frames(Dataset):
             "clip": torch.tensor(c),
             "frame": torch.tensor(t),
         }
+        if "reliability" in clip:
+            item["reliability"] = torch.from_numpy(clip["reliability"][t])[None].float() / 255.0
         item.update(self.cameras[subject])
         return item
 
@@ -87,9 +97,14 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         fps: frame rate of the sampled motion.
         yaw_range_deg: head yaw range of training and held-out-latent clips, degrees.
         pitch_range_deg: head pitch range of all clips, degrees.
+        wide_clips: training clips per side (left and right) whose yaw lies in ``wide_yaw_deg``: the wide views
+            a viewer turns to, which the held-out-pose band (between the two ranges) never shows.
+        wide_yaw_deg: |yaw| range of the wide training clips, degrees.
+        wide_pitch_deg: pitch range of the wide training clips, degrees.
         heldout_clips: clips per subject with unseen latents in the training pose range.
         heldout_pose_clips: clips per subject whose |yaw| lies in ``heldout_yaw_deg``.
-        heldout_yaw_deg: |yaw| range of the held-out-pose clips (beyond the training range).
+        heldout_yaw_deg: |yaw| range of the held-out-pose clips (beyond ``yaw_range_deg``, and short of
+            ``wide_yaw_deg`` when there are wide clips: poses no training frame shows).
         seed: seed of all sampled motion.
         cache_dir: where clips and the manifest are cached.
         batch_size: frames per batch.
@@ -108,6 +123,9 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         fps: float = 25.0,
         yaw_range_deg: tuple[float, float] = (-30.0, 30.0),
         pitch_range_deg: tuple[float, float] = (-15.0, 15.0),
+        wide_clips: int = 0,
+        wide_yaw_deg: tuple[float, float] = (50.0, 60.0),
+        wide_pitch_deg: tuple[float, float] = (-25.0, 25.0),
         heldout_clips: int = 1,
         heldout_pose_clips: int = 1,
         heldout_yaw_deg: tuple[float, float] = (35.0, 45.0),
@@ -167,16 +185,19 @@ class SyntheticVideoDataModule(L.LightningDataModule):
                      landmarks=analysis.landmarks, image=reference["image"].numpy(), mask=reference["mask"].numpy(),
                      region=reference["region"].numpy())
             subjects.append({"portrait": portrait or "<astronaut>", "file": f"subject_{s:03d}.npz"})
+            lo, hi = hp.wide_yaw_deg
             plan = [("train", hp.yaw_range_deg)] * hp.num_clips + [("heldout_latent", hp.yaw_range_deg)] * hp.heldout_clips
-            plan += [("heldout_pose", "beyond")] * hp.heldout_pose_clips
+            plan += [("heldout_pose", "beyond")] * hp.heldout_pose_clips  # wide clips last: the others keep their seeds
+            plan += [("train", (lo, hi)), ("train", (-hi, -lo))] * hp.wide_clips
             for c, (split, yaw_range) in enumerate(track(plan, description=f"teacher clips, subject {s}")):
                 seed = hp.seed * 100003 + s * 1009 + c
                 if yaw_range == "beyond":
                     side = 1.0 if c % 2 == 0 else -1.0
                     lo, hi = hp.heldout_yaw_deg
                     yaw_range = (side * lo, side * hi) if side > 0 else (-hi, -lo)
+                wide = c >= len(plan) - 2 * hp.wide_clips
                 latents = sample_talking_motion(hp.frames_per_clip, hp.latent_dim, hp.fps, tuple(yaw_range),
-                                                tuple(hp.pitch_range_deg), seed=seed)
+                                                tuple(hp.wide_pitch_deg if wide else hp.pitch_range_deg), seed=seed)
                 clips.append(self._render_clip(analysis, latents, s, split, c))
         manifest = {"version": CACHE_VERSION, "key": self.cache_key(), "settings": dict(self.hparams),
                     "teacher": type(self.teacher).__qualname__, "subjects": subjects, "clips": clips}
@@ -193,7 +214,9 @@ class SyntheticVideoDataModule(L.LightningDataModule):
             landmarks=out.landmarks.numpy().astype(np.float32), detected=detected.numpy().astype(np.float32),
             dyn=out.latents.dyn.numpy(), pose=out.latents.pose.numpy(),
             gaze=(out.latents.gaze if out.latents.gaze is not None else torch.zeros(len(latents), 2)).numpy(),
-            subject=np.int64(subject))
+            subject=np.int64(subject),
+            **({} if out.reliability is None else
+               {"reliability": (out.reliability[:, 0].numpy() * 255 + 0.5).astype(np.uint8)}))
         found = int((~torch.isnan(detected).any(-1).any(-1)).sum())
         return {"file": name, "split": split, "subject": subject, "frames": len(latents), "detected": found}
 
@@ -236,8 +259,9 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         return self.splits[split]
 
     def dataset(self, split: str) -> _Frames:
-        """Frames of one split (frames where mediapipe found no face are left out)."""
-        return _Frames(self.splits[split], self.cameras)
+        """Frames of one split. Held-out frames where mediapipe found no face are left out (their metrics compare
+        detections); training keeps them with the landmarks the teacher intended (the widest views)."""
+        return _Frames(self.splits[split], self.cameras, keep_undetected=split == "train")
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.hparams.seed)

@@ -109,6 +109,8 @@ def test_bench_writes_a_table_with_every_row(tmp_path, checkpoint):
     assert teacher["heldout_latent/lmd_intended_frontal_px"]["extra"]["n_frames"] == FRAMES
     assert teacher["heldout_pose/identity_cos"]["value"] is None and "frontal" in teacher["heldout_pose/identity_cos"]["reason"]
     assert rows["astronaut / no_residual_mlp"]["heldout_pose/psnr"]["value"] is None
+    assert 0 <= full["wide/found_60"]["value"] <= 1 and len(full["wide/found_60"]["extra"]["per_yaw"]) == 9
+    assert "no free viewpoint" in teacher["wide/id_45"]["reason"]
     assert "does not load into this SubjectFitting" in rows["astronaut / stale"]["heldout_latent/ssim"]["reason"]
 
 

@@ -1,5 +1,6 @@
 """The command line end to end: a few steps of the portrait fit, outputs, resume and export."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,10 @@ def test_fit_portrait_end_to_end_then_resume_and_export(tmp_path, monkeypatch):
     assert strip.shape == (128, 9 * 128, 3)
     front = np.asarray(Image.open(run / "turntable" / "yaw_+000.png")).astype(float)
     assert front[40:90, 40:90].std() > 10  # a face, not a flat image
+    wide = json.loads((run / "wide_pose.json").read_text())  # the wide-pose metrics and their labelled strip
+    assert [row["yaw"] for row in wide["per_yaw"]] == [-60, -45, -30, -15, 0, 15, 30, 45, 60]
+    assert set(wide["summary"]) >= {"found_60", "id_45", "lr_psnr", "speckle_60"}
+    assert np.asarray(Image.open(run / "wide_pose.png")).shape == (128, 9 * 128, 3)
     assert (run / "head.ply").stat().st_size > 5000 * 60
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file()

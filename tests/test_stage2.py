@@ -249,3 +249,20 @@ def test_short_distillation_lowers_the_landmark_loss(subject):
     with torch.no_grad():
         after = float(system.landmark_loss(batch, latent, system.avatar.frame(latent, residual=False)))
     assert after < 0.8 * before
+
+
+def test_teacher_reliability_weights_the_photometric_loss(subject):
+    system = _system()
+    system.initialize_colors(subject.sample)
+    batch = _batch(subject, [0, 1])
+    batch["image"] = batch["image"].clone()
+    batch["image"][..., :, : SIZE // 2] = 0.0  # the teacher got the left half wrong...
+    trusted = dict(batch, reliability=torch.ones_like(batch["mask"]))
+    doubted = dict(batch, reliability=torch.ones_like(batch["mask"]))
+    doubted["reliability"][..., :, : SIZE // 2] = 0.05  # ...and says so
+    with torch.no_grad():
+        l1_trusted = float(system.compute_losses(trusted)[0]["l1"])
+        l1_doubted = float(system.compute_losses(doubted)[0]["l1"])
+        system.hparams.use_reliability = False
+        l1_ignored = float(system.compute_losses(doubted)[0]["l1"])
+    assert l1_doubted < 0.5 * l1_trusted and l1_ignored == pytest.approx(l1_trusted)

@@ -100,3 +100,25 @@ def test_changed_code_rebuilds_the_cache(tmp_path, monkeypatch, code_module):
     assert not (second.cache_path / "manifest.json").exists()  # the old clips are not served...
     second.prepare_data()
     assert (second.cache_path / "manifest.json").is_file()  # ...they are made anew
+
+
+def test_wide_clips_train_beyond_the_heldout_band_with_reliability(prepared, tmp_path):
+    dm, _ = prepared
+    wide = SyntheticVideoDataModule(teacher=dm.teacher, crop_size=128, num_clips=2, frames_per_clip=5, heldout_clips=1,
+                                    heldout_pose_clips=1, wide_clips=1, cache_dir=str(tmp_path), batch_size=4)
+    wide.prepare_data()
+    wide.setup()
+    assert [c["split"] for c in wide.manifest["clips"]] == ["train"] * 2 + ["heldout_latent", "heldout_pose"] + ["train"] * 2
+    for split in ("heldout_latent", "heldout_pose"):  # the held-out clips are the same motion as without wide clips
+        np.testing.assert_array_equal(wide.splits[split][0]["pose"], dm.splits[split][0]["pose"])
+    yaw = [yaw_pitch_deg(torch.from_numpy(c["pose"]))[0] for c in wide.splits["train"][2:]]
+    assert all(48 < y.abs().min() and y.abs().max() < 63 for y in yaw)
+    assert yaw[0].mean() * yaw[1].mean() < 0  # one clip to each side
+    dataset = wide.dataset("train")
+    detected_everywhere = sum(len(c["frames"]) for c in wide.splits["train"])
+    assert len(dataset) == detected_everywhere  # undetected wide frames are kept, with the intended landmarks
+    items = [dataset[i] for i in range(len(dataset))]
+    assert all(torch.isfinite(item["landmarks"]).all() for item in items)
+    reliability = torch.stack([item["reliability"] for item in items])
+    assert reliability.min() >= 0 and reliability.max() <= 1
+    assert reliability[-5:].mean() < reliability[:5].mean()  # wide views show more of what the portrait hid

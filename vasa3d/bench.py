@@ -17,6 +17,9 @@ frames where the teacher's landmarks were found, as ``SubjectFitting.test_step``
 (mediapipe re-detected on the renders vs on the teacher frames), ``lmd_intended_frontal_px``/``_iod``
 (re-detected vs the landmarks the latent asked for, frontal frames, every row alike), ``face_found``
 and ``identity_cos`` (dlib, every ``identity_every``-th frame, vs the portrait).
+Avatar rows also carry wide-pose columns (``wide/found_60``, ``wide/id_45``, ``wide/lr_psnr``,
+``wide/speckle_60``: the neutral head turned to ±60° in front of a frontal camera, scored without ground
+truth, :mod:`vasa3d.metrics.wide_pose`).
 Writes ``<out_dir>/<date>-<name>.{md,csv,json}`` with deltas against ``<subject> / full`` (one table
 per subject more when there are several subjects).
 """
@@ -39,6 +42,8 @@ from vasa3d.sweep import Runner, _default_runner, _merge, paths_overlay
 
 DIRECTIONS = {f"{s}/{m}": d for s in SPLITS for m, d in (("face_found", 1), ("lmd_intended_frontal_px", -1),
                                                           ("lmd_intended_frontal_iod", -1))}
+WIDE_COLUMNS = ("found_60", "id_45", "lr_psnr", "speckle_60")  # vasa3d.metrics.wide_pose summaries in the table
+DIRECTIONS.update({f"wide/{name}": (-1 if name.startswith("speckle") else 1) for name in WIDE_COLUMNS})
 
 
 # ------------------------------------------------------------------------- data and fits
@@ -200,6 +205,18 @@ def evaluate_avatar(system, datamodule, split: str, rigid: bool, scorer: Scorer)
     return out
 
 
+def wide_pose_cells(system, datamodule, scorer: Scorer, reason: str | None, teacher: bool) -> dict[str, MetricResult]:
+    """The wide-pose columns of one row: measured on an avatar, "not measured" with the reason elsewhere."""
+    if reason is not None or teacher or system is None:
+        why = reason or "a 2D teacher has no free viewpoint"
+        return {f"wide/{name}": MetricResult.not_measured(why) for name in WIDE_COLUMNS}
+    from vasa3d.metrics.wide_pose import summary_results
+
+    _, metrics = system.wide_pose(embedder=scorer.embedder, sample=datamodule.sample)
+    cells = summary_results(metrics["summary"], metrics["per_yaw"], WIDE_COLUMNS)
+    return {f"wide/{name}": value for name, value in cells.items()}
+
+
 def evaluate_teacher(datamodule, split: str, scorer: Scorer) -> dict[str, MetricResult]:
     """The teacher's own frames, frontal only: identity and re-detected vs intended landmarks; the rest is the reference."""
     data = split_frames(datamodule, split, torch.ones(3))
@@ -302,6 +319,7 @@ def run_bench(bench: Bench, datamodule_factory: Callable[[Subject], Any] = datam
                     cells = evaluate_avatar(system, datamodule, split, method.rigid, scorer)
                 row.update({f"{split}/{key}": value for key, value in cells.items()})
                 progress.advance(task)
+            row.update(wide_pose_cells(system, datamodule, scorer, reason, method.teacher))
             rows[row_name] = row
             if reason:
                 echo(f"[bench] {row_name}: not measured ({reason})")
@@ -332,7 +350,10 @@ def write_results(bench: Bench, rows: dict[str, dict[str, MetricResult]], echo: 
              "teacher frames on the avatar's background (frames where the teacher's face was found). lmd_*: mediapipe "
              "re-detected on the renders vs on the teacher frames; lmd_intended_frontal_*: vs the landmarks each latent "
              f"asked for, frames with |yaw| < {bench.frontal_yaw_deg:g}°. identity_cos: dlib, every "
-             f"{bench.identity_every}th frame vs the portrait. The teacher is 2D: its row is frontal frames only.")
+             f"{bench.identity_every}th frame vs the portrait. The teacher is 2D: its row is frontal frames only. "
+             "wide/*: the neutral head turned to ±60° (frontal camera): found_60 = share of views where mediapipe "
+             "finds the face, id_45 = dlib identity cosine at ±45° (worse side), lr_psnr = view vs mirrored opposite "
+             "view (dB), speckle_60 = hair/ear/neck high-frequency energy at ±60° vs frontal (lower is cleaner).")
     subjects = [s.name for s in bench.subjects]
     reference = f"{subjects[0]} / {bench.reference}" if len(subjects) == 1 else None
     paths = write_table(rows, bench.name, bench.out_dir, reference=reference, command=command, config_text=config_text,

@@ -17,18 +17,24 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 
 class TurntableWriter(L.Callback):
-    """At the end of fitting, render the head turned through ``yaws`` and save PNGs.
+    """At the end of fitting, render the head turned through ``yaws`` and save PNGs, with wide-pose metrics.
 
-    Writes ``<run dir>/turntable/yaw_<angle>.png`` per view and ``turntable.png`` (all views in a row).
+    Writes ``<run dir>/turntable/yaw_<angle>.png`` per view and ``turntable.png`` (all views in a row,
+    from the portrait's camera), and ``<run dir>/wide_pose.png``: the neutral head turned in front of a
+    frontal camera, each view labelled with its yaw, whether mediapipe finds the face and dlib's
+    identity cosine to the portrait; the numbers go to ``wide_pose.json``/``wide_pose.md`` and to
+    TensorBoard (``wide/*``). See :mod:`vasa3d.metrics.wide_pose`.
 
     Args:
         yaws: yaw angles in degrees (0 = the portrait's view).
         size: side of each rendered view in px; None uses the training image size.
+        wide_pose: also measure the wide-pose metrics (a few seconds: mediapipe and dlib on each view).
     """
 
-    def __init__(self, yaws: list[float] | None = None, size: int | None = None) -> None:
+    def __init__(self, yaws: list[float] | None = None, size: int | None = None, wide_pose: bool = True) -> None:
         self.yaws = list(yaws) if yaws is not None else [-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 60.0]
         self.size = size
+        self.wide_pose = wide_pose
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
@@ -42,6 +48,30 @@ class TurntableWriter(L.Callback):
         for yaw, frame in zip(self.yaws, frames):
             iio.imwrite(out_dir / f"yaw_{yaw:+04.0f}.png", frame)
         iio.imwrite(out_dir / "turntable.png", np.concatenate(list(frames), axis=1))
+        if self.wide_pose and hasattr(pl_module, "wide_pose"):
+            write_wide_pose(pl_module, run_dir(trainer), self.yaws, size)
+
+
+def write_wide_pose(system, out_dir: Path, yaws: list[float], size: int) -> dict:
+    """``wide_pose.png`` (labelled strip), ``wide_pose.json`` and ``wide_pose.md`` of ``system`` in ``out_dir``;
+    logs the summary and the strip to the system's TensorBoard logger when it has one. Returns the metrics."""
+    import json
+
+    from vasa3d.metrics.wide_pose import labelled_strip, per_yaw_markdown
+
+    turntable, metrics = system.wide_pose(yaws, size)
+    strip = labelled_strip(turntable, metrics)
+    iio.imwrite(out_dir / "wide_pose.png", strip)
+    (out_dir / "wide_pose.json").write_text(json.dumps(metrics, indent=1))
+    (out_dir / "wide_pose.md").write_text(per_yaw_markdown(metrics))
+    logger = getattr(system, "logger", None)
+    experiment = getattr(logger, "experiment", None)
+    if experiment is not None and hasattr(experiment, "add_image"):
+        step = system.global_step
+        experiment.add_image("wide/turntable", strip, step, dataformats="HWC")
+        for name, value in metrics["summary"].items():
+            experiment.add_scalar(f"wide/{name}", value, step)
+    return metrics
 
 
 class PlyExporter(L.Callback):

@@ -4,7 +4,8 @@ Validation (the datamodule's ``val_split``, held-out latents by default) logs PS
 landmark error of the deformed template, with render/teacher/error grids and novel views.
 Test runs the held-out-latent and held-out-pose splits and adds the landmark error that mediapipe
 re-detects on the renders against the teacher frames' (what the render shows, not what the mesh
-says); ``<run dir>/metrics.json`` collects every number. ``rigid_only = True`` evaluates the head
+says) and dlib's identity cosine of the renders to the portrait; ``<run dir>/metrics.json`` collects every number, with the wide-pose metrics of the neutral
+head turned to ±60° (``wide/*``, :mod:`vasa3d.metrics.wide_pose`). ``rigid_only = True`` evaluates the head
 as the static baseline: posed rigidly by the latent, with no expression model or residual.
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -73,8 +76,18 @@ class SubjectEvaluation:
         if iod is not None:
             metrics["redetect_iod"] = (per_frame[ok] / iod[ok]).mean() if ok.any() else torch.tensor(math.nan)
         metrics["face_found"] = ok.float().mean()
+        metrics["identity_cos"] = self._identity(render)
         for name, value in metrics.items():
             self.log(f"test/{split}/{name}", value, add_dataloader_idx=False, batch_size=render.shape[0])
+
+    def _identity(self, render: Tensor) -> Tensor:
+        """Mean dlib identity cosine of ``render [B, 3, S, S]`` to the portrait (NaN if no face in any frame)."""
+        from vasa3d.metrics.identity import DlibFaceEmbedder, identity_similarity
+
+        if getattr(self, "_embedder", None) is None:
+            self._embedder = DlibFaceEmbedder()
+        result = identity_similarity(render.cpu(), self.reference_sample()["image"].cpu(), self._embedder)
+        return torch.tensor(result["identity_cos"].value if result["identity_cos"].value is not None else math.nan)
 
     def on_test_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:
@@ -83,6 +96,9 @@ class SubjectEvaluation:
         metrics["num_gaussians"] = self.head.num_gaussians
         metrics["rigid_only"] = self.rigid_only
         metrics["train_time_s"] = self.train_seconds
+        _, wide = self.wide_pose()
+        metrics.update({f"wide/{name}": value for name, value in wide["summary"].items()})
+        metrics["wide/per_yaw"] = wide["per_yaw"]
         path = run_dir(self.trainer) / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
@@ -99,6 +115,29 @@ class SubjectEvaluation:
                 for i in range(min(4, render.shape[0]))]
         experiment.add_image("val/target_render_error", torch.cat(rows, dim=-2), self.global_step)
         experiment.add_image("val/novel_views", torch.cat(list(views), dim=-1), self.global_step)
+
+    @torch.no_grad()
+    def wide_pose(self, yaws: tuple[float, ...] | list[float] | None = None, size: int | None = None,
+                  embedder=None, sample: dict[str, Tensor] | None = None) -> tuple[Any, dict]:
+        """The neutral head turned through ``yaws`` (default :data:`~vasa3d.metrics.wide_pose.WIDE_YAWS`) in
+        front of the portrait camera's frontal counterpart, and its wide-pose metrics (see
+        :mod:`vasa3d.metrics.wide_pose`): ``(turntable, {"per_yaw": [...], "summary": {...}})``. ``sample``:
+        the portrait (``image``, ``viewmat``, ``K``); None takes the datamodule's."""
+        from vasa3d.face.template import load_template
+        from vasa3d.metrics.wide_pose import SPECKLE_REGIONS, WIDE_YAWS, render_turntable, wide_pose_metrics
+
+        sample = {k: v.to(self.device) for k, v in (sample or self.reference_sample()).items()}
+        size = size or sample["image"].shape[-1]
+        zeros = sample["viewmat"].new_zeros
+        frame = self.avatar.frame(MotionLatent(zeros(1, self.hparams.latent_dim), zeros(1, 6)), rigid=self.rigid_only)
+        gaussians = {k: v for k, v in self.avatar.world_gaussians(frame, 0).items() if k != "anchors"}
+        template = load_template(self.hparams.template_path)
+        hair_faces = torch.from_numpy(np.concatenate([template.regions[name] for name in SPECKLE_REGIONS]))
+        hair = torch.isin(self.head.binding.cpu(), hair_faces)
+        turntable = render_turntable(gaussians, hair, sample["viewmat"], sample["K"], size,
+                                     tuple(yaws) if yaws is not None else WIDE_YAWS, self.background,
+                                     self.hparams.backend)
+        return turntable, wide_pose_metrics(turntable, sample["image"].float().cpu(), embedder)
 
     @torch.no_grad()
     def render_views(self, viewmat: Tensor, K: Tensor, size: int, yaws_deg: tuple[float, ...] | list[float],

@@ -93,6 +93,12 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
         robust_trim: fraction of each frame's worst pixels the L1 ignores (teacher artifacts).
         frame_tolerance_iod: teacher frames whose landmarks miss their latent by this much
             (inter-ocular distances) count half; 0 weighs all frames equally.
+        use_reliability: weight each pixel's photometric loss by the teacher's reliability there
+            (observed 1, completed 0.6, guessed 0.25), when the teacher gives one.
+        complete_colors: complete the initial colours where the portrait does not show the head (mirror
+            image, hair and skin priors) instead of copying the nearest painted Gaussian. The static fit
+            (``fit_portrait.yaml``) needs it: nothing else colours the sides; a stage-2 fit learns them
+            from the teacher's completed frames.
         w_landmarks: weight of the expression (landmark) loss, in units of the image size.
         w_lips: landmark weight of the lips.
         w_eyes: landmark weight of the eyelids and irises.
@@ -147,6 +153,8 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
         lpips_weights: str | None = None,
         robust_trim: float = 0.05,
         frame_tolerance_iod: float = 0.05,
+        use_reliability: bool = True,
+        complete_colors: bool = False,
         w_landmarks: float = 1.0,
         w_lips: float = 2.0,
         w_eyes: float = 2.0,
@@ -250,8 +258,21 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
 
     @torch.no_grad()
     def initialize_colors(self, sample: dict[str, Tensor]) -> None:
-        """Colour the Gaussians from the reference photo (see :meth:`GaussianHead.paint_from_image`)."""
-        self.head.paint_from_image(sample["image"], sample["region"] * sample["mask"], sample["viewmat"], sample["K"])
+        """Colour the Gaussians from the reference photo (see :meth:`GaussianHead.paint_from_image`), completing
+        what it hides from its mirror image and hair/skin priors (:mod:`vasa3d.teachers.completion`) when
+        ``complete_colors`` is set."""
+        matte = sample["region"] * sample["mask"]
+        self.head.paint_from_image(sample["image"], matte, sample["viewmat"], sample["K"])
+        if self.hparams.complete_colors:
+            from vasa3d.teachers.completion import complete_head_colors
+
+            template = load_template(self.hparams.template_path)
+            binding = self.head.binding
+            region_of = {name: torch.isin(binding, torch.from_numpy(faces).to(binding.device))
+                         for name, faces in template.regions.items()}
+            colors, _ = complete_head_colors(self.head, self.head.vertices(), torch.sigmoid(self.head.splats["colors"]),
+                                             matte, sample["viewmat"], sample["K"], region_of, self.hparams.backend)
+            self.head.set_colors(colors)
 
     def load_stage1(self, path: str | Path) -> None:
         """Start ``M_e``/``M_p`` from a ``LatentDistillation`` checkpoint."""
@@ -311,7 +332,10 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
         frame = self.avatar.frame(latent, rigid=self._rigid(batch))
         out = self.render_frames(batch, frame)
         out.update(latent=latent, frame=frame)
-        photo = photometric_losses(out["rgb"], out["alpha"], self.target(batch), batch["mask"], batch.get("region"),
+        weight = batch.get("region")
+        if hp.use_reliability and "reliability" in batch:  # trust what the teacher saw more than what it guessed
+            weight = batch["reliability"] if weight is None else weight * batch["reliability"]
+        photo = photometric_losses(out["rgb"], out["alpha"], self.target(batch), batch["mask"], weight,
                                    trim=hp.robust_trim, lpips=self.lpips_fn(), reduction="frame")
         if "intended_landmarks" in batch:
             weights = teacher_frame_weights(batch["landmarks"], batch["intended_landmarks"],

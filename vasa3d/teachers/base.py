@@ -18,13 +18,16 @@ class TeacherOutput:
     ``frames [T, 3, H, W]`` in [0, 1] (the portrait's aligned crop camera), ``masks
     [T, 1, H, W]`` where the head is (ones when the teacher does not know), ``latents`` the
     motion actually shown (``[T]``), ``landmarks [T, 478, 2]`` in frame px where the teacher
-    intended (or, for recorded frames, detected) them.
+    intended (or, for recorded frames, detected) them. ``reliability [T, 1, H, W]`` in [0, 1], optional:
+    how far each pixel can be trusted (1 = the portrait showed it; lower where the teacher completed
+    or guessed what it never saw); None = trusted everywhere.
     """
 
     frames: Tensor
     masks: Tensor
     latents: MotionLatent
     landmarks: Tensor
+    reliability: Tensor | None = None
 
 
 @runtime_checkable

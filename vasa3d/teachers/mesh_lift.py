@@ -2,12 +2,13 @@
 
 The portrait is lifted onto the head template: the template is fitted to its landmarks
 (identity offsets), Gaussians bound to the template are painted from the photo where they
-face the camera and filled from their nearest painted neighbour elsewhere (what becomes
-visible at large poses). The expression rig then drives the mesh with each latent's
-controls (mouth, lips, brows, blinks), the pose turns the head (the neck bends), the eye
-texture slides with the gaze and the lids close over the eyes, and the mouth pocket shows
-teeth and a dark interior when the jaw opens. Frames are rendered with our rasteriser in
-the portrait's aligned-crop camera.
+face the camera; what the photo hides (visible at large poses) is completed from its mirror
+image and from hair and skin priors (:mod:`vasa3d.teachers.completion`), and each frame comes
+with a per-pixel reliability: observed, completed or guessed. The expression rig then drives
+the mesh with each latent's controls (mouth, lips, brows, blinks), the pose turns the head
+(the neck bends), the eye texture slides with the gaze and the lids close over the eyes, and
+the mouth pocket shows teeth and a dark interior when the jaw opens. Frames are rendered with
+our rasteriser in the portrait's aligned-crop camera.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vasa3d.losses.landmarks import project_points
 from vasa3d.motion.latent import MotionLatent
 from vasa3d.motion.rig import BLINK_LEFT, BLINK_RIGHT, ExpressionRig, controls_from_latent
 from vasa3d.teachers.base import TeacherOutput
+from vasa3d.teachers.completion import complete_head_colors
 
 TEETH_RGB = (0.92, 0.90, 0.84)
 MOUTH_RGB = (0.28, 0.07, 0.08)
@@ -85,6 +87,7 @@ class _LiftedPortrait:
     eye_side: Tensor  # [E] 0 = subject's right, 1 = left
     eye_points: Tensor  # [E, 3] their neutral positions
     lid_rgb: Tensor  # [2, 3] skin colour above each eye
+    reliability: Tensor  # [N] 1 = observed in the portrait, lower = completed or guessed
 
 
 class MeshLiftTeacher:
@@ -98,6 +101,8 @@ class MeshLiftTeacher:
         backend: renderer backend.
         seed: seed of the Gaussian placement.
         template_path: head template .npz; None uses the packaged one.
+        complete: complete what the portrait hides (mirror image, hair and skin priors) instead of copying the
+            nearest painted Gaussian; frames then come with a per-pixel reliability.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class MeshLiftTeacher:
         backend: Backend = "auto",
         seed: int = 0,
         template_path: str | None = None,
+        complete: bool = True,
     ) -> None:
         self.num_gaussians = num_gaussians
         self.identity_steps = identity_steps
@@ -116,6 +122,7 @@ class MeshLiftTeacher:
         self.background = torch.tensor(background, dtype=torch.float32)
         self.backend = backend
         self.seed = seed
+        self.complete = complete
         self.template = load_template(template_path)
         self.rig = ExpressionRig(self.template)
         self._cached: tuple[PortraitAnalysis, _LiftedPortrait] | None = None
@@ -148,6 +155,11 @@ class MeshLiftTeacher:
         in_region = lambda name: torch.isin(head.binding, face_of[name])  # noqa: E731
         means = head.world_gaussians()["means"]
         colors = torch.sigmoid(head.splats["colors"])
+        reliability = torch.ones(head.num_gaussians)
+        if self.complete:
+            colors, reliability = complete_head_colors(head, identity, colors, mask * region, viewmat, K,
+                                                       {name: in_region(name) for name in face_of}, self.backend)
+            head.set_colors(colors)
         interior = in_region("mouth_interior") & ~painted
         if interior.any():  # procedural teeth at the front top of the pocket, dark behind
             centre = means[interior].mean(0)
@@ -160,7 +172,10 @@ class MeshLiftTeacher:
         eye_side = (means[eye_ids, 0] > 0).long()  # +x is the subject's left
         lid_rgb = torch.stack([self._lid_colour(means, colors, eyes, means[eye_ids][eye_side == side])
                                for side in (0, 1)])
-        return _LiftedPortrait(head, identity, image, viewmat, K, eye_ids, eye_side, means[eye_ids].clone(), lid_rgb)
+        reliability[eye_ids] = 1.0
+        reliability[interior] = 1.0  # procedural, but the same in every frame the student sees
+        return _LiftedPortrait(head, identity, image, viewmat, K, eye_ids, eye_side, means[eye_ids].clone(), lid_rgb,
+                               reliability)
 
     @staticmethod
     def _lid_colour(means: Tensor, colors: Tensor, eyes: Tensor, eye_points: Tensor) -> Tensor:
@@ -185,7 +200,8 @@ class MeshLiftTeacher:
         iris = iris @ head_tf[:, :3, :3].transpose(-1, -2) + head_tf[:, None, :3, 3]
         landmarks = project_points(torch.cat([posed[:, :468], iris], dim=1), lifted.viewmat, lifted.K)
 
-        frames, masks = [], []
+        frames, masks, reliability = [], [], []
+        weights = lifted.reliability[:, None].expand(-1, 3).contiguous()
         for t in range(len(latents)):
             g = lifted.head.world_gaussians(posed[t])
             colors = g["colors"].clone()
@@ -195,7 +211,12 @@ class MeshLiftTeacher:
                             lifted.K[None], size, size, backgrounds=self.background, backend=self.backend)
             frames.append(out.rgb[0].permute(2, 0, 1).clamp(0, 1))
             masks.append(out.alpha[0].permute(2, 0, 1))
-        return TeacherOutput(torch.stack(frames), torch.stack(masks), latents, landmarks)
+            if self.complete:  # the background is known exactly: reliability 1 where no Gaussian covers a pixel
+                seen = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], weights, lifted.viewmat[None],
+                                 lifted.K[None], size, size, backgrounds=torch.ones(3), backend=self.backend)
+                reliability.append(seen.rgb[0, ..., :1].permute(2, 0, 1).clamp(0, 1))
+        return TeacherOutput(torch.stack(frames), torch.stack(masks), latents, landmarks,
+                             torch.stack(reliability) if reliability else None)
 
     def _iris_shift(self, deformed: Tensor, latents: MotionLatent, t: int) -> Tensor:
         """``[2, 3]`` template-frame shift of each iris centre (right, left) caused by the gaze alone."""

@@ -1,0 +1,136 @@
+"""Free viewpoint to ±60°: wide-pose metrics of fitted heads (and of the teacher's lifted head), per yaw.
+
+For each ``--run LABEL=RUN`` (a run folder, a run root or a checkpoint of ``SubjectFitting``) on the
+portrait it was fitted to (``--portrait``, default the embedded astronaut), the neutral head is turned
+through ±60° in front of a frontal camera and scored without ground truth
+(:mod:`vasa3d.metrics.wide_pose`): mediapipe's face-detection rate, dlib's identity cosine to the
+portrait per yaw, left-right consistency (a view against the mirrored opposite view) and a speckle
+measure. Where the run folder holds a ``metrics.json`` (``lightning test``), its held-out-latent and
+held-out-pose PSNR join the row. ``--teacher`` adds the built-in teacher's lifted head, with and
+without completion (``MeshLiftTeacher(complete=...)``).
+
+Targets (issue 13): mediapipe finds the face at every yaw to ±60°; identity cosine at ±45° >= 0.95;
+held-out-pose PSNR >= 25 dB; held-out latents no worse.
+
+Portraits that ship in packages: ``bash scripts/get_portraits.sh`` (matplotlib's Grace Hopper, the
+face_recognition and insightface test photos). Keep them out of tuning.
+
+Run:  python benchmarks/wide_pose.py --portrait PHOTO --name NAME --run before=RUN --run after=RUN [--teacher]
+Writes benchmarks/results/<date>-wide_pose-<name>.{md,csv,json} and a strip PNG per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def portrait_sample(portrait: str | None, crop_size: int) -> dict[str, torch.Tensor]:
+    from datamodules.portrait import default_portrait, portrait_sample as sample_of
+    from vasa3d.face import analyze_portrait
+
+    return sample_of(analyze_portrait(default_portrait() if portrait is None else portrait, crop_size=crop_size))
+
+
+def teacher_rows(portrait: str | None, crop_size: int, embedder) -> dict[str, tuple]:
+    """The teacher's lifted head, with and without completion: ``{label: (turntable, metrics)}``."""
+    from datamodules.portrait import default_portrait
+    from vasa3d.face import analyze_portrait
+    from vasa3d.face.template import load_template
+    from vasa3d.metrics.wide_pose import SPECKLE_REGIONS, render_turntable, wide_pose_metrics
+    from vasa3d.teachers import MeshLiftTeacher
+
+    analysis = analyze_portrait(default_portrait() if portrait is None else portrait, crop_size=crop_size)
+    template = load_template()
+    faces = torch.from_numpy(np.concatenate([template.regions[name] for name in SPECKLE_REGIONS]))
+    rows = {}
+    for complete in (False, True):
+        lifted = MeshLiftTeacher(complete=complete).lift(analysis)
+        gaussians = lifted.head.world_gaussians(lifted.identity)
+        turntable = render_turntable(gaussians, torch.isin(lifted.head.binding, faces), lifted.viewmat, lifted.K,
+                                     crop_size)
+        rows[f"teacher ({'completed' if complete else 'nearest-neighbour fill'})"] = (
+            turntable, wide_pose_metrics(turntable, lifted.image, embedder))
+    return rows
+
+
+def run_row(path: str, sample: dict[str, torch.Tensor], embedder) -> tuple:
+    from vasa3d.runs import resolve_checkpoint
+    from vasa3d.systems import SubjectFitting
+
+    checkpoint = resolve_checkpoint(path)
+    system = SubjectFitting.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    turntable, metrics = system.wide_pose(embedder=embedder, sample=sample)
+    test = checkpoint.parent.parent / "metrics.json"
+    held = json.loads(test.read_text()) if test.is_file() else {}
+    return turntable, metrics, held
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--portrait", default=None, help="the photo the runs were fitted to (default: the astronaut)")
+    parser.add_argument("--name", default="astronaut", help="the subject's name in the result files")
+    parser.add_argument("--run", action="append", default=[], metavar="LABEL=RUN", help="a fitted run to score")
+    parser.add_argument("--teacher", action="store_true", help="also score the teacher's lifted head")
+    parser.add_argument("--crop-size", type=int, default=256)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+
+    from vasa3d.metrics import MetricResult
+    from vasa3d.metrics.identity import DlibFaceEmbedder
+    from vasa3d.metrics.table import write_table
+    from vasa3d.metrics.wide_pose import SUMMARY_DIRECTIONS, labelled_strip, per_yaw_markdown, summary_results
+
+    embedder = DlibFaceEmbedder()
+    sample = portrait_sample(args.portrait, args.crop_size)
+    scored: dict[str, tuple] = {}
+    if args.teacher:
+        scored.update({label: (*row, {}) for label, row in teacher_rows(args.portrait, args.crop_size, embedder).items()})
+    for spec in args.run:
+        label, _, path = spec.partition("=")
+        if not path:
+            parser.error(f"--run {spec!r}: write LABEL=RUN")
+        scored[label] = run_row(path, sample, embedder)
+
+    rows, per_yaw = {}, []
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    from datetime import date
+
+    stem = f"{date.today().isoformat()}-wide_pose-{args.name}"
+    for label, (turntable, metrics, held) in scored.items():
+        row = summary_results(metrics["summary"])
+        missing = "the teacher's frames are the reference" if label.startswith("teacher") else \
+            "no metrics.json in the run folder (run `lightning test ... --ckpt_path RUN`)"
+        for split in ("heldout_latent", "heldout_pose"):
+            key = f"test/{split}/psnr"
+            row[f"{split}/psnr"] = MetricResult(held[key]) if key in held else MetricResult.not_measured(missing)
+        rows[label] = row
+        slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
+        iio.imwrite(args.out_dir / f"{stem}-{slug}.png", labelled_strip(turntable, metrics))
+        per_yaw.append(f"#### {label}\n\n![{label}]({stem}-{slug}.png)\n\n{per_yaw_markdown(metrics)}")
+    directions = {**SUMMARY_DIRECTIONS, "heldout_latent/psnr": 1, "heldout_pose/psnr": 1}
+    notes = ("Neutral head turned in front of a frontal camera at the portrait camera's distance. found_45/60: share of "
+             "views within ±45°/±60° where mediapipe finds the face; id_30/45/60: dlib identity cosine to the portrait, "
+             "the worse side (empty: no face on a side); lr_psnr: view vs mirrored opposite view, dB; speckle_45/60: "
+             "high-frequency energy in hair, ear and neck pixels vs the frontal view, the worse side. heldout_*/psnr: "
+             "from the run's metrics.json (each run against its own teacher's frames).")
+    command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/wide_pose.py", *(argv or sys.argv[1:])])
+    paths = write_table(rows, f"wide_pose-{args.name}", out_dir=args.out_dir, reference=None, command=command,
+                        notes=notes, directions=directions)
+    with open(paths["md"], "a") as stream:
+        stream.write("\n### Per yaw\n\n" + "\n".join(per_yaw))
+    print(Path(paths["md"]).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
