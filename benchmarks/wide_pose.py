@@ -6,8 +6,9 @@ through ±60° in front of a frontal camera and scored without ground truth
 (:mod:`vasa3d.metrics.wide_pose`): mediapipe's face-detection rate, dlib's identity cosine to the
 portrait per yaw, left-right consistency (a view against the mirrored opposite view) and a speckle
 measure. Where the run folder holds a ``metrics.json`` (``lightning test``), its held-out-latent and
-held-out-pose PSNR join the row. ``--teacher`` adds the built-in teacher's lifted head, with and
-without completion (``MeshLiftTeacher(complete=...)``).
+held-out-pose PSNR join the row. ``--teacher`` adds the built-in teacher's lifted head as it was
+(the whole foreground matte, nearest-neighbour fill: ``MeshLiftTeacher(complete=False,
+subject_only=False)``) and as it is (the subject-only matte, completed).
 
 Targets (issue 13): mediapipe finds the face at every yaw to ±60°; identity cosine at ±45° >= 0.95;
 held-out-pose PSNR >= 25 dB; held-out latents no worse.
@@ -42,7 +43,7 @@ def portrait_sample(portrait: str | None, crop_size: int) -> dict[str, torch.Ten
 
 
 def teacher_rows(portrait: str | None, crop_size: int, embedder) -> dict[str, tuple]:
-    """The teacher's lifted head, with and without completion: ``{label: (turntable, metrics)}``."""
+    """The teacher's lifted head before and after issue 13's changes: ``{label: (turntable, metrics)}``."""
     from datamodules.portrait import default_portrait
     from vasa3d.face import analyze_portrait
     from vasa3d.face.template import load_template
@@ -53,13 +54,13 @@ def teacher_rows(portrait: str | None, crop_size: int, embedder) -> dict[str, tu
     template = load_template()
     faces = torch.from_numpy(np.concatenate([template.regions[name] for name in SPECKLE_REGIONS]))
     rows = {}
-    for complete in (False, True):
-        lifted = MeshLiftTeacher(complete=complete).lift(analysis)
+    for label, complete in (("teacher before (foreground matte, nearest-neighbour fill)", False),
+                            ("teacher after (subject matte, completed)", True)):
+        lifted = MeshLiftTeacher(complete=complete, subject_only=complete).lift(analysis)
         gaussians = lifted.head.world_gaussians(lifted.identity)
         turntable = render_turntable(gaussians, torch.isin(lifted.head.binding, faces), lifted.viewmat, lifted.K,
                                      crop_size)
-        rows[f"teacher ({'completed' if complete else 'nearest-neighbour fill'})"] = (
-            turntable, wide_pose_metrics(turntable, lifted.image, embedder))
+        rows[label] = (turntable, wide_pose_metrics(turntable, lifted.image, embedder))
     return rows
 
 

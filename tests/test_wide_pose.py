@@ -157,8 +157,10 @@ def test_head_region_keeps_only_the_chosen_subject():
     mask = analysis.mask.copy()
     mask[:20, :12] = 1.0  # a neighbour's head at the top left corner, not touching the subject
     mask[-12:, :] = 1.0  # shoulders and a neighbour's clothes across the bottom
-    crowded = head_region(type(analysis)(**{**vars(analysis), "mask": mask}))
+    crowded_analysis = type(analysis)(**{**vars(analysis), "mask": mask})
+    crowded = head_region(crowded_analysis)
     assert crowded[:20, :12].sum() == 0
+    assert head_region(crowded_analysis, subject_only=False)[:20, :12].sum() > 100  # the earlier region took it in
     chin_x = analysis.landmarks[152, 0]
     columns = np.abs(np.arange(128) - chin_x) > 0.7 * abs(analysis.landmarks[454, 0] - analysis.landmarks[234, 0])
     assert crowded[-6:, columns].sum() == 0  # nothing beside the neck below the face

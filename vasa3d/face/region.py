@@ -14,7 +14,7 @@ MOUTH_CORNERS = (61, 291)
 
 
 def head_region(analysis: PortraitAnalysis, template_path: str | None = None, dilate_frac: float = 0.03,
-                hair_margin: float = 0.35, neck_width: float = 0.9) -> np.ndarray:
+                hair_margin: float = 0.35, neck_width: float = 0.9, subject_only: bool = True) -> np.ndarray:
     """``[S, S]`` float mask of the pixels the head model should explain: the chosen subject's head only.
 
     The photo's foreground also holds shoulders and clothes that no head model covers, hair
@@ -22,8 +22,10 @@ def head_region(analysis: PortraitAnalysis, template_path: str | None = None, di
     subject. The region is the posed template's silhouette, cut below the chin to a neck column
     ``neck_width`` face widths wide, plus the foreground above the chin (hair) that belongs to the
     subject: the part of the matte connected to the face, within ``hair_margin`` face widths
-    of the silhouette and, below the mouth, within the neck column. It is dilated by ``dilate_frac`` of the crop so that the background around
-    the head supervises the silhouette too.
+    of the silhouette and, below the mouth, within the neck column. It is dilated by ``dilate_frac``
+    of the crop so that the background around the head supervises the silhouette too.
+    ``subject_only=False`` is the earlier region (for comparisons): the whole silhouette and all the
+    foreground above the chin.
     """
     template = load_template(template_path)
     size = analysis.crop.shape[0]
@@ -35,6 +37,11 @@ def head_region(analysis: PortraitAnalysis, template_path: str | None = None, di
     for triangle in triangles:  # one at a time: fillPoly on many polygons cancels where they overlap
         cv2.fillConvexPoly(region, triangle, 1, lineType=cv2.LINE_8, shift=2)
     chin_x, chin_y = analysis.landmarks[CHIN_LANDMARK, :2]
+    if not subject_only:
+        hair = analysis.mask > 0.5
+        hair[max(int(np.ceil(chin_y)), 0):] = False
+        region |= hair.astype(np.uint8)
+        return _dilated(region, dilate_frac)
     face_width = abs(float(analysis.landmarks[CHEEK_LANDMARKS[1], 0] - analysis.landmarks[CHEEK_LANDMARKS[0], 0]))
     chin_row = max(int(np.ceil(chin_y)), 0)
     cheek_row = max(int(np.ceil(analysis.landmarks[list(CHEEK_LANDMARKS), 1].max())), 0)
@@ -51,7 +58,11 @@ def head_region(analysis: PortraitAnalysis, template_path: str | None = None, di
     mouth_row = max(int(np.ceil(analysis.landmarks[list(MOUTH_CORNERS), 1].max())), 0)
     hair[mouth_row:, np.abs(np.arange(size) - chin_x) > neck_width * face_width / 2] = False
     region |= (hair & (near > 0)).astype(np.uint8)
-    radius = max(1, int(round(dilate_frac * size)))
+    return _dilated(region, dilate_frac)
+
+
+def _dilated(region: np.ndarray, dilate_frac: float) -> np.ndarray:
+    radius = max(1, int(round(dilate_frac * region.shape[0])))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     return cv2.dilate(region, kernel).astype(np.float32)
 

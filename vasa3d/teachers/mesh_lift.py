@@ -103,6 +103,8 @@ class MeshLiftTeacher:
         template_path: head template .npz; None uses the packaged one.
         complete: complete what the portrait hides (mirror image, hair and skin priors) instead of copying the
             nearest painted Gaussian; frames then come with a per-pixel reliability.
+        subject_only: paint only the chosen person (:func:`vasa3d.face.region.head_region`); False keeps the
+            whole foreground above the chin (the earlier behaviour, for comparisons).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class MeshLiftTeacher:
         seed: int = 0,
         template_path: str | None = None,
         complete: bool = True,
+        subject_only: bool = True,
     ) -> None:
         self.num_gaussians = num_gaussians
         self.identity_steps = identity_steps
@@ -123,6 +126,7 @@ class MeshLiftTeacher:
         self.backend = backend
         self.seed = seed
         self.complete = complete
+        self.subject_only = subject_only
         self.template = load_template(template_path)
         self.rig = ExpressionRig(self.template)
         self._cached: tuple[PortraitAnalysis, _LiftedPortrait] | None = None
@@ -142,7 +146,7 @@ class MeshLiftTeacher:
         K = torch.from_numpy(portrait.K).float()
         head = GaussianHead(self.template.vertices, self.template.faces, self.num_gaussians, seed=self.seed)
         landmarks = torch.from_numpy(portrait.landmarks[:468, :2].copy()).float()
-        region = torch.from_numpy(head_region(portrait))[None]
+        region = torch.from_numpy(head_region(portrait, subject_only=self.subject_only))[None]
         with torch.enable_grad():
             fit_identity(head, landmarks, viewmat, K, size, self.identity_steps)
             painted = head.paint_from_image(image, mask * region, viewmat, K)
