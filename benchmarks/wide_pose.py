@@ -17,7 +17,8 @@ Portraits that ship in packages: ``bash scripts/get_portraits.sh`` (matplotlib's
 face_recognition and insightface test photos). Keep them out of tuning.
 
 Run:  python benchmarks/wide_pose.py --portrait PHOTO --name NAME --run before=RUN --run after=RUN [--teacher]
-Writes benchmarks/results/<date>-wide_pose-<name>.{md,csv,json} and a strip PNG per row.
+Writes benchmarks/results/<date>-wide_pose-<name>.{md,csv,json} and a labelled strip per row (JPEG, small
+enough to keep in the repository; the fit's own ``wide_pose.png`` is lossless).
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{split}/psnr"] = MetricResult(held[key]) if key in held else MetricResult.not_measured(missing)
         rows[label] = row
         slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
-        iio.imwrite(args.out_dir / f"{stem}-{slug}.png", labelled_strip(turntable, metrics))
-        per_yaw.append(f"#### {label}\n\n![{label}]({stem}-{slug}.png)\n\n{per_yaw_markdown(metrics)}")
+        iio.imwrite(args.out_dir / f"{stem}-{slug}.jpg", labelled_strip(turntable, metrics), quality=90)
+        per_yaw.append(f"#### {label}\n\n![{label}]({stem}-{slug}.jpg)\n\n{per_yaw_markdown(metrics)}")
     directions = {**SUMMARY_DIRECTIONS, "heldout_latent/psnr": 1, "heldout_pose/psnr": 1}
     notes = ("Neutral head turned in front of a frontal camera at the portrait camera's distance. found_45/60: share of "
              "views within ±45°/±60° where mediapipe finds the face; id_30/45/60: dlib identity cosine to the portrait, "
