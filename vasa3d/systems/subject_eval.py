@@ -4,9 +4,10 @@ Validation (the datamodule's ``val_split``, held-out latents by default) logs PS
 landmark error of the deformed template, with render/teacher/error grids and novel views.
 Test runs the held-out-latent and held-out-pose splits and adds the landmark error that mediapipe
 re-detects on the renders against the teacher frames' (what the render shows, not what the mesh
-says) and dlib's identity cosine of the renders to the portrait; ``<run dir>/metrics.json`` collects every number, with the wide-pose metrics of the neutral
-head turned to ±60° (``wide/*``, :mod:`vasa3d.metrics.wide_pose`). ``rigid_only = True`` evaluates the head
-as the static baseline: posed rigidly by the latent, with no expression model or residual.
+says) and dlib's identity cosine of the renders to the portrait; ``<run dir>/metrics.json``
+collects every number, with the wide-pose metrics of the neutral head turned to ±60° (``wide/*``,
+:mod:`vasa3d.metrics.wide_pose`). ``rigid_only = True`` evaluates the head as the static
+baseline: posed rigidly by the latent, with no expression model or residual.
 """
 
 from __future__ import annotations

@@ -75,11 +75,11 @@ def smooth_fill(query: Tensor, points: Tensor, values: Tensor, k: int) -> Tensor
     return (values[index] * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
 
 
-def buried(means: Tensor, normals: Tensor, surface: Tensor, candidates: Tensor, radius: float = 0.02, depth: float = 2e-3
-             ) -> tuple[Tensor, Tensor]:
-    """``(mask [N], source [N])``: the Gaussians of ``candidates [N]`` that lie under ``surface [N]`` (within ``radius`` m of
-    a surface Gaussian and more than ``depth`` m behind it along its normal; the template's skull shell runs
-    behind the face mask), and the index of that surface Gaussian."""
+def buried(means: Tensor, normals: Tensor, surface: Tensor, candidates: Tensor, radius: float = 0.02,
+           depth: float = 2e-3) -> tuple[Tensor, Tensor]:
+    """``(mask [N], source [N])``: the Gaussians of ``candidates [N]`` that lie under ``surface [N]`` (within
+    ``radius`` m of a surface Gaussian and more than ``depth`` m behind it along its normal; the template's skull
+    shell runs behind the face mask), and the index of that surface Gaussian."""
     out = torch.zeros(means.shape[0], dtype=torch.bool, device=means.device)
     source = torch.arange(means.shape[0], device=means.device)
     others = torch.nonzero(candidates & ~surface).squeeze(-1)
