@@ -17,8 +17,8 @@ Portraits that ship in packages: ``bash scripts/get_portraits.sh`` (matplotlib's
 face_recognition and insightface test photos). Keep them out of tuning.
 
 Run:  python benchmarks/wide_pose.py --portrait PHOTO --name NAME --run before=RUN --run after=RUN [--teacher]
-Writes benchmarks/results/<date>-wide_pose-<name>.{md,csv,json} and a labelled strip per row (JPEG, small
-enough to keep in the repository; the fit's own ``wide_pose.png`` is lossless).
+Writes benchmarks/results/<date>-wide_pose-<name>.{md,csv,json}, <date>-wide_pose-<name>-per_yaw.md and a
+labelled strip per row (JPEG, small enough to keep in the repository; the fit's own ``wide_pose.png`` is lossless).
 """
 
 from __future__ import annotations
@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/wide_pose.py", *(argv or sys.argv[1:])])
     paths = write_table(rows, f"wide_pose-{args.name}", out_dir=args.out_dir, reference=None, command=command,
                         notes=notes, directions=directions)
-    with open(paths["md"], "a") as stream:
-        stream.write("\n### Per yaw\n\n" + "\n".join(per_yaw))
-    print(Path(paths["md"]).read_text())
+    per_yaw_path = Path(paths["md"]).with_name(f"{stem}-per_yaw.md")  # the table file stays as write_table made it
+    per_yaw_path.write_text(f"# {stem}: per yaw\n\n- command: `{command}`\n\n" + "\n".join(per_yaw))
+    print(Path(paths["md"]).read_text() + "\n" + per_yaw_path.read_text())
     return 0
 
 
