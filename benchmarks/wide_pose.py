@@ -27,10 +27,10 @@ import argparse
 import json
 import shlex
 import sys
+from datetime import date
 from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,19 +47,16 @@ def teacher_rows(portrait: str | None, crop_size: int, embedder) -> dict[str, tu
     """The teacher's lifted head before and after issue 13's changes: ``{label: (turntable, metrics)}``."""
     from datamodules.portrait import default_portrait
     from vasa3d.face import analyze_portrait
-    from vasa3d.face.template import load_template
-    from vasa3d.metrics.wide_pose import SPECKLE_REGIONS, render_turntable, wide_pose_metrics
+    from vasa3d.metrics.wide_pose import render_turntable, speckle_mask, wide_pose_metrics
     from vasa3d.teachers import MeshLiftTeacher
 
     analysis = analyze_portrait(default_portrait() if portrait is None else portrait, crop_size=crop_size)
-    template = load_template()
-    faces = torch.from_numpy(np.concatenate([template.regions[name] for name in SPECKLE_REGIONS]))
     rows = {}
     for label, complete in (("teacher before (foreground matte, nearest-neighbour fill)", False),
                             ("teacher after (subject matte, completed)", True)):
         lifted = MeshLiftTeacher(complete=complete, subject_only=complete).lift(analysis)
         gaussians = lifted.head.world_gaussians(lifted.identity)
-        turntable = render_turntable(gaussians, torch.isin(lifted.head.binding, faces), lifted.viewmat, lifted.K,
+        turntable = render_turntable(gaussians, speckle_mask(lifted.head.binding), lifted.viewmat, lifted.K,
                                      crop_size)
         rows[label] = (turntable, wide_pose_metrics(turntable, lifted.image, embedder))
     return rows
@@ -105,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, per_yaw = {}, []
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    from datetime import date
-
     stem = f"{date.today().isoformat()}-wide_pose-{args.name}"
     for label, (turntable, metrics, held) in scored.items():
         row = summary_results(metrics["summary"])

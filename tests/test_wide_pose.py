@@ -46,9 +46,9 @@ def test_frontal_camera_is_on_the_symmetry_axis_at_the_portrait_distance():
 
 
 def test_mirror_consistency_separates_a_symmetric_head_from_a_smeared_one():
-    hair = torch.zeros(400, dtype=torch.bool)
-    symmetric = render_turntable(_symmetric_head(), hair, PORTRAIT_VIEW, K, 96, yaws=(-45.0, 0.0, 45.0))
-    smeared = render_turntable(_symmetric_head(asymmetric=True), hair, PORTRAIT_VIEW, K, 96, yaws=(-45.0, 0.0, 45.0))
+    none = torch.zeros(400, dtype=torch.bool)
+    symmetric = render_turntable(_symmetric_head(), none, PORTRAIT_VIEW, K, 96, yaws=(-45.0, 0.0, 45.0))
+    smeared = render_turntable(_symmetric_head(asymmetric=True), none, PORTRAIT_VIEW, K, 96, yaws=(-45.0, 0.0, 45.0))
     good, bad = mirror_psnr(symmetric), mirror_psnr(smeared)
     assert math.isnan(good[1]) and float(good[0]) == pytest.approx(float(good[2]))  # the pair is scored once each way
     assert float(good[0]) > 35 and float(bad[0]) < float(good[0]) - 15

@@ -35,6 +35,15 @@ SUMMARY_DIRECTIONS = {"found_45": 1, "found_60": 1, "id_30": 1, "id_45": 1, "id_
                       "speckle_45": -1, "speckle_60": -1}
 
 
+def speckle_mask(binding: Tensor, template_path: str | None = None) -> Tensor:
+    """``[N]`` bool: the Gaussians (``binding [N]`` triangle indices) bound to :data:`SPECKLE_REGIONS`."""
+    from vasa3d.face.template import load_template
+
+    template = load_template(template_path)
+    faces = torch.from_numpy(np.concatenate([template.regions[name] for name in SPECKLE_REGIONS]))
+    return torch.isin(binding.cpu(), faces)
+
+
 def frontal_camera(viewmat: Tensor, K: Tensor, size: int, zoom: float = 0.85) -> tuple[Tensor, Tensor]:
     """``(viewmat [4, 4], K [3, 3])``: a camera on the template's +z axis looking at its origin (the head
     centre), at the distance of ``viewmat``'s camera, with ``K``'s focal length rescaled to ``size`` (times
@@ -56,12 +65,12 @@ def frontal_camera(viewmat: Tensor, K: Tensor, size: int, zoom: float = 0.85) ->
 @dataclass
 class Turntable:
     """Neutral views of a head turned through ``yaws``: ``rgb [Y, 3, S, S]``, ``alpha [Y, 1, S, S]`` and
-    ``hair [Y, 1, S, S]`` (coverage by the Gaussians bound to :data:`SPECKLE_REGIONS`)."""
+    ``speckle_region [Y, 1, S, S]`` (coverage by the Gaussians bound to :data:`SPECKLE_REGIONS`)."""
 
     yaws: tuple[float, ...]
     rgb: Tensor
     alpha: Tensor
-    hair: Tensor
+    speckle_region: Tensor
 
     def strip(self) -> np.ndarray:
         """The views side by side, ``[S, Y * S, 3]`` uint8."""
@@ -70,11 +79,11 @@ class Turntable:
 
 
 @torch.no_grad()
-def render_turntable(gaussians: dict[str, Tensor], hair: Tensor, viewmat: Tensor, K: Tensor, size: int,
+def render_turntable(gaussians: dict[str, Tensor], speckle_region: Tensor, viewmat: Tensor, K: Tensor, size: int,
                      yaws: tuple[float, ...] | list[float] = WIDE_YAWS, background: Tensor | None = None,
                      backend: str = "auto") -> Turntable:
     """Render world-frame ``gaussians`` (means, quats, scales, opacities, colors) turned by each yaw (degrees)
-    in front of :func:`frontal_camera` of the portrait camera ``viewmat``/``K``; ``hair [N]`` marks the
+    in front of :func:`frontal_camera` of the portrait camera ``viewmat``/``K``; ``speckle_region [N]`` marks the
     Gaussians of :data:`SPECKLE_REGIONS`."""
     from vasa3d.gaussians.render import rasterize
     from vasa3d.systems.views import yaw_viewmats
@@ -86,7 +95,7 @@ def render_turntable(gaussians: dict[str, Tensor], hair: Tensor, viewmat: Tensor
     background = torch.ones(3) if background is None else background.float().cpu()
     out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], viewmats, Ks, size, size,
                     backgrounds=background, backend=backend)
-    indicator = hair.float().cpu()[:, None].expand(-1, 3).contiguous()
+    indicator = speckle_region.float().cpu()[:, None].expand(-1, 3).contiguous()
     region = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], indicator, viewmats, Ks, size, size,
                        backgrounds=torch.zeros(3), backend=backend)
     return Turntable(tuple(float(y) for y in yaws), out.rgb.permute(0, 3, 1, 2).clamp(0, 1),
@@ -130,7 +139,7 @@ def wide_pose_metrics(turntable: Turntable, portrait: Tensor, embedder=None,
     from vasa3d.teachers.evaluation import detect_landmarks
 
     embedder = embedder or DlibFaceEmbedder()
-    detect = detect or (lambda frames: detect_landmarks(frames))
+    detect = detect or detect_landmarks
     yaws = np.asarray(turntable.yaws)
     found = ~torch.isnan(detect(turntable.rgb)).flatten(1).any(1)
     reference = embedder.embed(portrait)
@@ -139,7 +148,7 @@ def wide_pose_metrics(turntable: Turntable, portrait: Tensor, embedder=None,
     else:
         cosines, _ = _similarities([embedder.embed(view) for view in turntable.rgb], reference)
     lr = mirror_psnr(turntable)
-    region = (turntable.hair > 0.5).float() * (turntable.alpha > 0.5).float()
+    region = (turntable.speckle_region > 0.5).float() * (turntable.alpha > 0.5).float()
     energy = high_frequency_energy(turntable.rgb, region)
     frontal = int(np.argmin(np.abs(yaws)))
     speckle = energy / energy[frontal].clamp(min=1e-8)

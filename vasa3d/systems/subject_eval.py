@@ -16,7 +16,6 @@ import json
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -82,13 +81,18 @@ class SubjectEvaluation:
             self.log(f"test/{split}/{name}", value, add_dataloader_idx=False, batch_size=render.shape[0])
 
     def _identity(self, render: Tensor) -> Tensor:
-        """Mean dlib identity cosine of ``render [B, 3, S, S]`` to the portrait (NaN if no face in any frame)."""
-        from vasa3d.metrics.identity import DlibFaceEmbedder, identity_similarity
+        """Mean dlib identity cosine of ``render [B, 3, S, S]`` to the portrait (NaN where no face is found);
+        the embedder and the portrait's embedding are made once per module."""
+        from vasa3d.metrics.identity import DlibFaceEmbedder, _similarities
 
         if getattr(self, "_embedder", None) is None:
             self._embedder = DlibFaceEmbedder()
-        result = identity_similarity(render.cpu(), self.reference_sample()["image"].cpu(), self._embedder)
-        return torch.tensor(result["identity_cos"].value if result["identity_cos"].value is not None else math.nan)
+            self._portrait_embedding = self._embedder.embed(self.reference_sample()["image"].cpu())
+        if self._portrait_embedding is None:
+            return torch.tensor(math.nan)
+        cosines, _ = _similarities([self._embedder.embed(frame) for frame in render.cpu()], self._portrait_embedding)
+        found = [c for c in cosines if not math.isnan(c)]
+        return torch.tensor(sum(found) / len(found) if found else math.nan)
 
     def on_test_epoch_end(self) -> None:
         if self.trainer.global_rank != 0:
@@ -124,18 +128,14 @@ class SubjectEvaluation:
         front of the portrait camera's frontal counterpart, and its wide-pose metrics (see
         :mod:`vasa3d.metrics.wide_pose`): ``(turntable, {"per_yaw": [...], "summary": {...}})``. ``sample``:
         the portrait (``image``, ``viewmat``, ``K``); None takes the datamodule's."""
-        from vasa3d.face.template import load_template
-        from vasa3d.metrics.wide_pose import SPECKLE_REGIONS, WIDE_YAWS, render_turntable, wide_pose_metrics
+        from vasa3d.metrics.wide_pose import WIDE_YAWS, render_turntable, speckle_mask, wide_pose_metrics
 
         sample = {k: v.to(self.device) for k, v in (sample or self.reference_sample()).items()}
         size = size or sample["image"].shape[-1]
         zeros = sample["viewmat"].new_zeros
         frame = self.avatar.frame(MotionLatent(zeros(1, self.hparams.latent_dim), zeros(1, 6)), rigid=self.rigid_only)
         gaussians = {k: v for k, v in self.avatar.world_gaussians(frame, 0).items() if k != "anchors"}
-        template = load_template(self.hparams.template_path)
-        hair_faces = torch.from_numpy(np.concatenate([template.regions[name] for name in SPECKLE_REGIONS]))
-        hair = torch.isin(self.head.binding.cpu(), hair_faces)
-        turntable = render_turntable(gaussians, hair, sample["viewmat"], sample["K"], size,
+        turntable = render_turntable(gaussians, speckle_mask(self.head.binding, self.hparams.template_path), sample["viewmat"], sample["K"], size,
                                      tuple(yaws) if yaws is not None else WIDE_YAWS, self.background,
                                      self.hparams.backend)
         return turntable, wide_pose_metrics(turntable, sample["image"].float().cpu(), embedder)
