@@ -89,16 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     from vasa3d.metrics.table import write_table
     from vasa3d.metrics.wide_pose import SUMMARY_DIRECTIONS, labelled_strip, per_yaw_markdown, summary_results
 
-    embedder = DlibFaceEmbedder()
-    sample = portrait_sample(args.portrait, args.crop_size)
-    scored: dict[str, tuple] = {}
-    if args.teacher:
-        scored.update({label: (*row, {}) for label, row in teacher_rows(args.portrait, args.crop_size, embedder).items()})
-    for spec in args.run:
-        label, _, path = spec.partition("=")
-        if not path:
+    from vasa3d.errors import UserInputError, one_line
+
+    runs = [spec.partition("=")[::2] for spec in args.run]
+    for spec, (label, path) in zip(args.run, runs):
+        if not label or not path:
             parser.error(f"--run {spec!r}: write LABEL=RUN")
-        scored[label] = run_row(path, sample, embedder)
+    if not runs and not args.teacher:
+        parser.error("nothing to score: give --run LABEL=RUN (a fitted run) and/or --teacher")
+    embedder = DlibFaceEmbedder()
+    scored: dict[str, tuple] = {}
+    try:  # no portrait, no face, no checkpoint: one line
+        sample = portrait_sample(args.portrait, args.crop_size)
+        if args.teacher:
+            scored.update({label: (*row, {}) for label, row in
+                           teacher_rows(args.portrait, args.crop_size, embedder).items()})
+        for label, path in runs:
+            scored[label] = run_row(path, sample, embedder)
+    except UserInputError as error:
+        print(f"wide_pose: {one_line(str(error))}", file=sys.stderr)
+        return 2
 
     rows, per_yaw = {}, []
     args.out_dir.mkdir(parents=True, exist_ok=True)
