@@ -11,7 +11,8 @@ held-out-pose PSNR join the row. ``--teacher`` adds the built-in teacher's lifte
 subject_only=False)``) and as it is (the subject-only matte, completed).
 
 Targets (issue 13): mediapipe finds the face at every yaw to ±60°; identity cosine at ±45° >= 0.95;
-held-out-pose PSNR >= 25 dB; held-out latents no worse.
+held-out-pose PSNR >= 25 dB; held-out latents no worse. ``benchmarks/identity_pose.py`` scores real photos
+of one person the same way, the reference point for the identity columns.
 
 Portraits that ship in packages: ``bash scripts/get_portraits.sh`` (matplotlib's Grace Hopper, the
 face_recognition and insightface test photos). Keep them out of tuning.
