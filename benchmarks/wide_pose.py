@@ -25,6 +25,7 @@ labelled strip per row (JPEG, small enough to keep in the repository; the fit's 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import sys
@@ -35,6 +36,7 @@ import imageio.v3 as iio
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+HELD_OUT = ("psnr", "psnr_observed", "psnr_completed")  # from the run's metrics.json (lightning test)
 
 
 def portrait_sample(portrait: str | None, crop_size: int) -> dict[str, torch.Tensor]:
@@ -118,19 +120,22 @@ def main(argv: list[str] | None = None) -> int:
         row = summary_results(metrics["summary"])
         missing = "the teacher's frames are the reference" if label.startswith("teacher") else \
             "no metrics.json in the run folder (run `lightning test ... --ckpt_path RUN`)"
-        for split in ("heldout_latent", "heldout_pose"):
-            key = f"test/{split}/psnr"
-            row[f"{split}/psnr"] = MetricResult(held[key]) if key in held else MetricResult.not_measured(missing)
+        for split, name in itertools.product(("heldout_latent", "heldout_pose"), HELD_OUT):
+            key = f"test/{split}/{name}"
+            row[f"{split}/{name}"] = MetricResult(held[key]) if key in held else MetricResult.not_measured(missing)
         rows[label] = row
         slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
         iio.imwrite(args.out_dir / f"{stem}-{slug}.jpg", labelled_strip(turntable, metrics), quality=90)
         per_yaw.append(f"#### {label}\n\n![{label}]({stem}-{slug}.jpg)\n\n{per_yaw_markdown(metrics)}")
-    directions = {**SUMMARY_DIRECTIONS, "heldout_latent/psnr": 1, "heldout_pose/psnr": 1}
+    directions = {**SUMMARY_DIRECTIONS, **{f"{split}/{name}": 1 for split, name in
+                                           itertools.product(("heldout_latent", "heldout_pose"), HELD_OUT)}}
     notes = ("Neutral head turned in front of a frontal camera at the portrait camera's distance. found_45/60: share of "
              "views within ±45°/±60° where mediapipe finds the face; id_30/45/60: dlib identity cosine to the portrait, "
              "the worse side (empty: no face on a side); lr_psnr: view vs mirrored opposite view, dB; speckle_45/60: "
              "high-frequency energy in hair, ear and neck pixels vs the frontal view, the worse side. heldout_*/psnr: "
-             "from the run's metrics.json (each run against its own teacher's frames).")
+             "from the run's metrics.json (each run against its own teacher's frames); psnr_observed / "
+             "psnr_completed: over the pixels the teacher observed in the portrait (reliability >= 0.9) / over "
+             "those it completed or guessed.")
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/wide_pose.py", *(argv or sys.argv[1:])])
     paths = write_table(rows, f"wide_pose-{args.name}", out_dir=args.out_dir, reference=None, command=command,
                         notes=notes, directions=directions)

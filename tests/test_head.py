@@ -99,3 +99,29 @@ def test_resize_to_accepts_a_densified_state_dict():
     head.resize_to(bigger.state_dict())
     head.load_state_dict(bigger.state_dict())
     assert head.num_gaussians == 6000
+
+
+def test_take_is_indexing_with_a_backward_that_sums_in_a_fixed_order():
+    from vasa3d.gaussians.binding import take
+
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(5000, 3, 3, generator=gen)
+    index = torch.randint(0, 5000, (200000,), generator=gen)
+    weights = torch.randn(200000, 3, 3, generator=gen)
+    assert torch.equal(take(values, index), values[index])
+    assert torch.equal(take(values, index.reshape(400, 500)), values[index.reshape(400, 500)])
+
+    def grad(gather) -> torch.Tensor:
+        leaf = values.clone().requires_grad_()
+        (gather(leaf) * weights).sum().backward()
+        return leaf.grad
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = [grad(lambda v: take(v, index)) for _ in range(4)]
+        reference = grad(lambda v: v[index])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g, grads[0]) for g in grads)
+    torch.testing.assert_close(grads[0], reference)

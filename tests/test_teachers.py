@@ -31,11 +31,16 @@ def _clip():
 
 def test_teacher_follows_the_protocol_and_is_deterministic(portrait, teacher):
     assert isinstance(teacher, Teacher)
-    first = teacher.generate(portrait, _clip())
-    again = MeshLiftTeacher(num_gaussians=6000, identity_steps=60, refine_steps=10).generate(portrait, _clip())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the lift's photometric refine once summed gradients in thread-timing order
+    try:
+        first = teacher.generate(portrait, _clip())
+        again = MeshLiftTeacher(num_gaussians=6000, identity_steps=60, refine_steps=10).generate(portrait, _clip())
+    finally:
+        torch.set_num_threads(threads)
     assert first.frames.shape == (4, 3, 128, 128) and first.masks.shape == (4, 1, 128, 128)
     assert first.landmarks.shape == (4, 478, 2)
-    torch.testing.assert_close(first.frames, again.frames)
+    assert torch.equal(first.frames, again.frames) and torch.equal(first.reliability, again.reliability)
 
 
 def test_latent_drives_the_frames_and_landmarks(portrait, teacher):

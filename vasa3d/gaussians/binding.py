@@ -26,9 +26,16 @@ class TriangleFrames(NamedTuple):
     scales: Tensor  # [F] mean edge length
 
 
+def take(values: Tensor, index: Tensor) -> Tensor:
+    """``values[index]`` (rows of ``values``) through ``index_select``. Its backward sums the gradient rows in a
+    fixed order; advanced indexing's (``index_put_`` with accumulate) adds them in thread-timing order on the CPU,
+    so that a fit on two threads differed from run to run (and the built-in teacher with it)."""
+    return values.index_select(0, index.reshape(-1)).reshape(*index.shape, *values.shape[1:])
+
+
 def triangle_frames(vertices: Tensor, faces: Tensor) -> TriangleFrames:
     """Frames of ``faces [F, 3]`` on ``vertices [V, 3]`` (differentiable in the vertices)."""
-    v0, v1, v2 = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
+    v0, v1, v2 = take(vertices, faces[:, 0]), take(vertices, faces[:, 1]), take(vertices, faces[:, 2])
     e0, e1, e2 = v1 - v0, v2 - v1, v0 - v2
     normal = F.normalize(torch.linalg.cross(e0, -e2, dim=-1), dim=-1, eps=1e-12)
     axis_x = F.normalize(e0, dim=-1, eps=1e-12)
@@ -61,8 +68,8 @@ def bind_to_world(
     frames: TriangleFrames,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """World means ``[N, 3]``, quats ``[N, 4]`` and scales ``[N, 3]`` of bound Gaussians."""
-    rot = frames.rotations[binding]
-    k = frames.scales[binding, None]
+    rot = take(frames.rotations, binding)
+    k = take(frames.scales, binding)[:, None]
     means = local_to_world_points(local_means, binding, frames)
     quats = quat_multiply(rotmat_to_quat(rot), F.normalize(local_quats, dim=-1))
     return means, quats, k * local_scales
@@ -70,13 +77,13 @@ def bind_to_world(
 
 def local_to_world_points(points: Tensor, binding: Tensor, frames: TriangleFrames) -> Tensor:
     """Local points ``[N, 3]`` (parent-triangle units, see :func:`bind_to_world`) to world ``[N, 3]``."""
-    k = frames.scales[binding, None]
-    return (frames.rotations[binding] @ (k * points)[..., None]).squeeze(-1) + frames.centroids[binding]
+    k = take(frames.scales, binding)[:, None]
+    return (take(frames.rotations, binding) @ (k * points)[..., None]).squeeze(-1) + take(frames.centroids, binding)
 
 
 def world_to_local_points(points: Tensor, binding: Tensor, frames: TriangleFrames) -> Tensor:
     """Inverse of the mean transform of :func:`bind_to_world`: world ``[N, 3]`` to local ``[N, 3]``."""
-    rot = frames.rotations[binding]
-    rel = (points - frames.centroids[binding])[..., None]
-    return (rot.transpose(-1, -2) @ rel).squeeze(-1) / frames.scales[binding, None]
+    rot = take(frames.rotations, binding)
+    rel = (points - take(frames.centroids, binding))[..., None]
+    return (rot.transpose(-1, -2) @ rel).squeeze(-1) / take(frames.scales, binding)[:, None]
 

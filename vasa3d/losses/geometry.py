@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vasa3d.gaussians.binding import take
+
 
 def mesh_edges(faces: Tensor) -> Tensor:
     """Unique undirected edges ``[E, 2]`` of a triangle mesh ``faces [F, 3]``."""
@@ -14,7 +16,7 @@ def mesh_edges(faces: Tensor) -> Tensor:
 
 def laplacian_smoothness(offsets: Tensor, edges: Tensor) -> Tensor:
     """Mean squared difference of per-vertex ``offsets [V, 3]`` across ``edges [E, 2]``."""
-    return (offsets[edges[:, 0]] - offsets[edges[:, 1]]).pow(2).sum(-1).mean()
+    return (take(offsets, edges[:, 0]) - take(offsets, edges[:, 1])).pow(2).sum(-1).mean()
 
 
 def scale_regularizer(world_scales: Tensor, max_scale: float) -> Tensor:

@@ -1,7 +1,9 @@
 """Validation, test and preview renders of :class:`~vasa3d.systems.SubjectFitting` (a mixin).
 
 Validation (the datamodule's ``val_split``, held-out latents by default) logs PSNR, SSIM and the
-landmark error of the deformed template, with render/teacher/error grids and novel views.
+landmark error of the deformed template, with render/teacher/error grids and novel views. Where the
+teacher gives a per-pixel reliability, PSNR is also split into the pixels it observed in the portrait
+(``psnr_observed``) and those it completed or guessed (``psnr_completed``).
 Test runs the held-out-latent and held-out-pose splits and adds the landmark error that mediapipe
 re-detects on the renders against the teacher frames' (what the render shows, not what the mesh
 says) and dlib's identity cosine of the renders to the portrait; ``<run dir>/metrics.json``
@@ -26,6 +28,7 @@ from vasa3d.systems.callbacks import run_dir
 from vasa3d.systems.views import yaw_viewmats
 
 TEST_SPLITS = ("heldout_latent", "heldout_pose")
+OBSERVED_RELIABILITY = 0.9  # teacher pixels at least this reliable count as observed in the portrait
 
 
 class SubjectEvaluation:
@@ -49,6 +52,14 @@ class SubjectEvaluation:
             "landmark_px": mesh_px.mean(),
             "loss": losses["total"],
         }
+        if "reliability" in batch:  # where the teacher showed what the portrait saw, and where it completed or guessed
+            observed = (batch["reliability"] >= OBSERVED_RELIABILITY).to(region.dtype)
+            for name, part in (("psnr_observed", region * observed), ("psnr_completed", region * (1 - observed))):
+                count = part.sum(dim=(1, 2, 3))
+                keep = count > 0
+                if keep.any():
+                    part_mse = ((render - target) ** 2 * part).sum(dim=(1, 2, 3))[keep] / (count[keep] * 3)
+                    metrics[name] = (-10 * torch.log10(part_mse.clamp(min=1e-10))).mean()
         return metrics, out, render, target
 
     def _rigid(self, batch: dict[str, Tensor]) -> bool:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from vasa3d.face.template import load_template
 from vasa3d.gaussians.avatar import AvatarFrame, GaussianAvatar, ResidualDeformer
-from vasa3d.gaussians.binding import triangle_frames
+from vasa3d.gaussians.binding import take, triangle_frames
 from vasa3d.gaussians.head import GaussianHead
 from vasa3d.gaussians.render import Backend, rasterize
 from vasa3d.losses import (
@@ -344,8 +344,8 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
             weights = torch.ones_like(photo["l1"])
         losses = {name: (value * weights).sum() / weights.sum() for name, value in photo.items()}
         splats = self.head.splats
-        g_scales = torch.exp(splats["scales"]) * triangle_frames(self.head.vertices(), self.head.faces).scales[
-            self.head.binding][:, None]
+        g_scales = torch.exp(splats["scales"]) * take(triangle_frames(self.head.vertices(), self.head.faces).scales,
+                                                      self.head.binding)[:, None]
         losses.update({
             "landmarks": self.landmark_loss(batch, latent, frame),
             "laplacian": laplacian_smoothness(self.head.shape_offsets, self.edges),
