@@ -30,6 +30,7 @@ def score(photos: list[Path], others: list[Path], crop_size: int) -> dict[str, d
     """``{photo name: {yaw, pitch, identity_cos, person}}``, cosines to ``photos[0]``'s aligned crop."""
     import torch
 
+    from vasa3d.errors import UserInputError
     from vasa3d.face import analyze_portrait
     from vasa3d.face.analysis import head_pose_from_viewmat
     from vasa3d.metrics import MetricResult
@@ -42,7 +43,7 @@ def score(photos: list[Path], others: list[Path], crop_size: int) -> dict[str, d
         embedding = embedder.embed(torch.from_numpy(analysis.crop).permute(2, 0, 1).float())
         if reference is None:
             if embedding is None:
-                raise SystemExit(f"identity_pose: dlib finds no face in the reference photo {path}")
+                raise UserInputError(f"dlib finds no face in the reference photo {path}: choose another reference")
             reference = embedding
         yaw, pitch, _ = head_pose_from_viewmat(analysis.viewmat)
         (cosine,), _ = _similarities([embedding], reference)

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="astronaut", help="the subject's name in the result files")
     parser.add_argument("--run", action="append", default=[], metavar="LABEL=RUN", help="a fitted run to score")
     parser.add_argument("--teacher", action="store_true", help="also score the teacher's lifted head")
+    parser.add_argument("--note", default="", help="how the runs were made (the fit commands), added to the notes")
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
              "high-frequency energy in hair, ear and neck pixels vs the frontal view, the worse side. heldout_*/psnr: "
              "from the run's metrics.json (each run against its own teacher's frames); psnr_observed / "
              "psnr_completed: over the pixels the teacher observed in the portrait (reliability >= 0.9) / over "
-             "those it completed or guessed.")
+             "those it completed or guessed." + (f" Runs: {args.note}" if args.note else ""))
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/wide_pose.py", *(argv or sys.argv[1:])])
     paths = write_table(rows, f"wide_pose-{args.name}", out_dir=args.out_dir, reference=None, command=command,
                         notes=notes, directions=directions)
