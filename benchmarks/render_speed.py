@@ -308,6 +308,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads in each worker (default: torch's default); one "
                         "thread is the robust choice on a machine whose cores other processes share")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="", help="a suffix for the result files, so that a second run on the same "
+                                                   "day (a quiet machine, another CPU) keeps the first")
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
@@ -393,7 +395,8 @@ def main() -> None:
     table = tables(records)
     print("\n" + table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = ("-quick" if args.quick else "") + (f"-{args.threads}thread" if args.threads else "")
+    suffix = ("-quick" if args.quick else "") + (f"-{args.threads}thread" if args.threads else "") \
+        + (f"-{args.name}" if args.name else "")
     stem = args.out_dir / f"{meta['date']}-render_speed{suffix}"
     load = " / ".join(map(str, meta["loadavg_1min_start_end"]))
     header = (f"# CPU render speed ({meta['date']})\n\n`{command}`\n\n- torch {meta['torch']}, Python {meta['python']}\n"
