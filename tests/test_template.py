@@ -143,3 +143,15 @@ def test_generator_reproduces_the_asset(template: HeadTemplate) -> None:
     assert rebuilt.faces.tolist() == template.faces.tolist(), "asset is stale: run scripts/build_template.py"
     np.testing.assert_allclose(rebuilt.vertices, template.vertices, atol=1e-6)
     np.testing.assert_allclose(rebuilt.iris_points, template.iris_points, atol=1e-6)
+
+
+def test_bound_to_marks_the_gaussians_of_the_named_regions():
+    import torch
+
+    template = load_template()
+    binding = torch.tensor([int(template.regions["nose"][0]), int(template.regions["ears"][0]),
+                            int(template.regions["ears"][-1]), int(template.regions["skull"][0])])
+    assert template.bound_to(binding, "nose").tolist() == [True, False, False, False]
+    assert template.bound_to(binding, "nose", "ears").tolist() == [True, True, True, False]
+    with pytest.raises(KeyError, match="unknown template region"):
+        template.bound_to(binding, "tail")

@@ -42,6 +42,17 @@ class HeadTemplate:
         mask[self.faces[self.regions[name]].ravel()] = True
         return mask
 
+    def bound_to(self, binding, *names: str):
+        """``[N]`` bool tensor: which Gaussians (``binding [N]``, a tensor of parent-triangle indices) are bound
+        to a triangle of any of the regions ``names``."""
+        import torch
+
+        for name in names:
+            if name not in self.regions:
+                raise KeyError(f"unknown template region {name!r}; known regions: {sorted(self.regions)}")
+        faces = np.concatenate([self.regions[name] for name in names]) if names else np.zeros(0, np.int64)
+        return torch.isin(binding, torch.from_numpy(faces).to(binding.device))
+
     def landmarks(self) -> np.ndarray:
         """Return the [478, 3] mediapipe landmarks in the template frame: vertices[:468], then the iris points."""
         return np.concatenate([self.vertices[: self.num_landmark_vertices], self.iris_points], axis=0)

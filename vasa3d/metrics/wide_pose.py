@@ -39,9 +39,7 @@ def speckle_mask(binding: Tensor, template_path: str | None = None) -> Tensor:
     """``[N]`` bool: the Gaussians (``binding [N]`` triangle indices) bound to :data:`SPECKLE_REGIONS`."""
     from vasa3d.face.template import load_template
 
-    template = load_template(template_path)
-    faces = torch.from_numpy(np.concatenate([template.regions[name] for name in SPECKLE_REGIONS]))
-    return torch.isin(binding.cpu(), faces)
+    return load_template(template_path).bound_to(binding.cpu(), *SPECKLE_REGIONS)
 
 
 def frontal_camera(viewmat: Tensor, K: Tensor, size: int, zoom: float = 0.85) -> tuple[Tensor, Tensor]:

@@ -146,7 +146,8 @@ class SubjectEvaluation:
         zeros = sample["viewmat"].new_zeros
         frame = self.avatar.frame(MotionLatent(zeros(1, self.hparams.latent_dim), zeros(1, 6)), rigid=self.rigid_only)
         gaussians = {k: v for k, v in self.avatar.world_gaussians(frame, 0).items() if k != "anchors"}
-        turntable = render_turntable(gaussians, speckle_mask(self.head.binding, self.hparams.template_path), sample["viewmat"], sample["K"], size,
+        turntable = render_turntable(gaussians, speckle_mask(self.head.binding, self.hparams.template_path),
+                                     sample["viewmat"], sample["K"], size,
                                      tuple(yaws) if yaws is not None else WIDE_YAWS, self.background,
                                      self.hparams.backend)
         return turntable, wide_pose_metrics(turntable, sample["image"].float().cpu(), embedder)

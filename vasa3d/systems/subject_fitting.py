@@ -267,9 +267,7 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
             from vasa3d.teachers.completion import complete_head_colors
 
             template = load_template(self.hparams.template_path)
-            binding = self.head.binding
-            region_of = {name: torch.isin(binding, torch.from_numpy(faces).to(binding.device))
-                         for name, faces in template.regions.items()}
+            region_of = {name: template.bound_to(self.head.binding, name) for name in template.regions}
             colors, _ = complete_head_colors(self.head, self.head.vertices(), torch.sigmoid(self.head.splats["colors"]),
                                              matte, sample["viewmat"], sample["K"], region_of, self.hparams.backend)
             self.head.set_colors(colors)

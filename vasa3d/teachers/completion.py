@@ -42,20 +42,15 @@ def visible_fraction(gaussians: dict[str, Tensor], viewmat: Tensor, K: Tensor, s
     """``[N]`` in [0, 1]: how much each Gaussian shows in the view ``viewmat``/``K`` (``size`` px): its total
     compositing weight over the image (from one backward pass: d sum(image) / d colour), relative to
     ``full`` times the median of ``candidates`` (the well-facing ones). Layers hidden behind others score
-    near 0. Computed on one thread, so that the thresholds downstream see the same weights in every run."""
+    near 0."""
     from vasa3d.gaussians.render import rasterize
 
     g = {k: v.detach() for k, v in gaussians.items()}
     probe = torch.zeros_like(g["colors"], requires_grad=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the compiled backward sums each Gaussian's weight in thread-timing order otherwise
-    try:
-        with torch.enable_grad():
-            out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], probe, viewmat[None], K[None], size,
-                            size, backgrounds=torch.zeros(3), backend=backend)
-            (weight,) = torch.autograd.grad(out.rgb[..., 0].sum(), probe)
-    finally:
-        torch.set_num_threads(threads)
+    with torch.enable_grad():
+        out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], probe, viewmat[None], K[None], size,
+                        size, backgrounds=torch.zeros(3), backend=backend)
+        (weight,) = torch.autograd.grad(out.rgb[..., 0].sum(), probe)
     weight = weight[:, 0]
     pool = weight[candidates] if candidates is not None and candidates.any() else weight[weight > 0]
     reference = pool.median() if pool.numel() else weight.new_tensor(1.0)

@@ -155,23 +155,22 @@ class MeshLiftTeacher:
         head.requires_grad_(False)
         identity = head.vertices().detach()
 
-        face_of = {name: torch.from_numpy(self.template.regions[name].copy()) for name in self.template.regions}
-        in_region = lambda name: torch.isin(head.binding, face_of[name])  # noqa: E731
+        region_of = {name: self.template.bound_to(head.binding, name) for name in self.template.regions}
         means = head.world_gaussians()["means"]
         colors = torch.sigmoid(head.splats["colors"])
         reliability = torch.ones(head.num_gaussians)
         if self.complete:
             colors, reliability = complete_head_colors(head, identity, colors, mask * region, viewmat, K,
-                                                       {name: in_region(name) for name in face_of}, self.backend)
+                                                       region_of, self.backend)
             head.set_colors(colors)
-        interior = in_region("mouth_interior") & ~painted
+        interior = region_of["mouth_interior"] & ~painted
         if interior.any():  # procedural teeth at the front top of the pocket, dark behind
             centre = means[interior].mean(0)
             teeth = interior & (means[:, 1] > centre[1]) & (means[:, 2] > centre[2])
             colors[interior] = torch.tensor(MOUTH_RGB)
             colors[teeth] = torch.tensor(TEETH_RGB)
             head.set_colors(colors)
-        eyes = in_region("left_eye") | in_region("right_eye")
+        eyes = region_of["left_eye"] | region_of["right_eye"]
         eye_ids = torch.nonzero(eyes).squeeze(-1)
         eye_side = (means[eye_ids, 0] > 0).long()  # +x is the subject's left
         lid_rgb = torch.stack([self._lid_colour(means, colors, eyes, means[eye_ids][eye_side == side])
@@ -205,20 +204,23 @@ class MeshLiftTeacher:
         landmarks = project_points(torch.cat([posed[:, :468], iris], dim=1), lifted.viewmat, lifted.K)
 
         frames, masks, reliability = [], [], []
-        weights = lifted.reliability[:, None].expand(-1, 3).contiguous()
+        # One render per frame: the reliability rides as a fourth channel; the background is known exactly,
+        # so it is 1 where no Gaussian covers a pixel.
+        background = torch.cat([self.background, torch.ones(1)]) if self.complete else self.background
         for t in range(len(latents)):
             g = lifted.head.world_gaussians(posed[t])
             colors = g["colors"].clone()
             colors[lifted.eye_ids] = self._eye_colours(lifted, self._iris_shift(deformed[t], latents, t),
                                                        blink=controls[t, [BLINK_RIGHT, BLINK_LEFT]])
+            if self.complete:
+                colors = torch.cat([colors, lifted.reliability[:, None]], dim=-1)
             out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], colors, lifted.viewmat[None],
-                            lifted.K[None], size, size, backgrounds=self.background, backend=self.backend)
-            frames.append(out.rgb[0].permute(2, 0, 1).clamp(0, 1))
+                            lifted.K[None], size, size, backgrounds=background, backend=self.backend)
+            rgb = out.rgb[0].permute(2, 0, 1).clamp(0, 1)
+            frames.append(rgb[:3])
             masks.append(out.alpha[0].permute(2, 0, 1))
-            if self.complete:  # the background is known exactly: reliability 1 where no Gaussian covers a pixel
-                seen = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], weights, lifted.viewmat[None],
-                                 lifted.K[None], size, size, backgrounds=torch.ones(3), backend=self.backend)
-                reliability.append(seen.rgb[0, ..., :1].permute(2, 0, 1).clamp(0, 1))
+            if self.complete:
+                reliability.append(rgb[3:])
         return TeacherOutput(torch.stack(frames), torch.stack(masks), latents, landmarks,
                              torch.stack(reliability) if reliability else None)
 
