@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--online-window", type=int, default=10,
                         help="frames per generated window in the low-latency online rows")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--name", default="", help="a suffix for the result files, so that a second run on the same "
+                        "day does not replace the first")
     args = parser.parse_args(argv)
 
     from vasa3d.audio.io import resample
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             directions[key] = 1 if key.endswith("_fps") or key.endswith("_over_minimal_fps") else -1
         elif key.endswith("_ms") or key.startswith("mad_"):
             directions[key] = -1
-    paths = write_table(rows, "realtime", out_dir=args.out_dir, reference=None, notes=notes, directions=directions,
+    paths = write_table(rows, "realtime" + (f"-{args.name}" if args.name else ""), out_dir=args.out_dir, reference=None, notes=notes, directions=directions,
                         command="python " + shlex.join(["benchmarks/realtime.py", *sys.argv[1:]]))
     print("wrote", ", ".join(str(p) for p in paths.values()))
     return 0

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the job config whose data the steps train on")
     parser.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--profile-steps", type=int, default=4)
+    parser.add_argument("--top", type=int, default=8, help="rows for the costliest of the other torch ops")
     parser.add_argument("--name", default="train_step", help="the result files' name")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -92,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches[2 + args.steps:]:
             step(batch)
     per_kind: dict[str, list[float]] = {}
+    others: list[tuple[float, float, str]] = []  # (ms per step, calls per step, op)
     for event in prof.key_averages():
         cell = per_kind.setdefault(kind_of(event.key), [0.0, 0.0])
-        cell[0] += event.self_cpu_time_total / 1e3 / args.profile_steps
-        cell[1] += event.count / args.profile_steps
+        ms, calls = event.self_cpu_time_total / 1e3 / args.profile_steps, event.count / args.profile_steps
+        cell[0] += ms
+        cell[1] += calls
+        if kind_of(event.key) == "other torch ops":
+            others.append((ms, calls, event.key))
     profiled = sum(ms for ms, _ in per_kind.values())
 
     size = int(batches[0]["image"].shape[-1])
@@ -108,11 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         ms, calls = per_kind.get(kind, (0.0, 0.0))
         rows[f"profiled: {kind}"] = {"ms_per_step": MetricResult(ms), "share": MetricResult(ms / profiled),
                                      "ops_per_step": MetricResult(calls)}
+    for ms, calls, name in sorted(others, reverse=True)[:args.top]:
+        rows[f"other: {name}"] = {"ms_per_step": MetricResult(ms), "share": MetricResult(ms / profiled),
+                                  "ops_per_step": MetricResult(calls)}
     notes = (f"Run {checkpoint} ({system.head.num_gaussians} Gaussians), batches of {batches[0]['image'].shape[0]} "
              f"frames at {size} px from {args.config}; {torch.get_num_threads()} threads. Timed: mean of "
              f"{args.steps} steps after 2 warm-up steps. Profiled: self CPU time per kind of op over "
              f"{args.profile_steps} more steps (the profiler adds its own overhead); share: of the timed step, or of the "
-             "profiled total; ops_per_step: op calls per step, views and allocations included.")
+             "profiled total; ops_per_step: op calls per step, views and allocations included. other: the costliest of "
+             "the other torch ops, by self time.")
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/train_step.py", *(argv or sys.argv[1:])])
     paths = write_table(rows, args.name, out_dir=args.out_dir, reference=None, command=command, notes=notes,
                         directions={"ms_per_step": -1, "share": 0, "ops_per_step": 0})

@@ -262,6 +262,47 @@ def test_cpp_binning_equals_torch_binning(dtype, tile_size):
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("tile_size", [8, 16])
+def test_tile_cull_drops_only_entries_that_show_nowhere(dtype, tile_size):
+    """bin with conics and opacities: each tile's list is a subsequence of the full one; every
+    dropped Gaussian is below 1/255 at every pixel centre of that tile; the composited image and
+    the gradients are bit for bit those of the full lists."""
+    width, height = 75, 53
+    m2d, conics, opac, colors, radii, depths = _scene(400, width, height, 21, dtype)
+    opac[::3] = torch.linspace(0.5 / 255, 0.05, len(opac[::3]), dtype=dtype)  # faint: a small reach
+    # long, thin, tilted ellipses whose radius box is mostly empty
+    conics[1::5] = torch.stack([conics[1::5, 0] * 0.05, conics[1::5, 1] * 0.6, conics[1::5, 2] * 4.0], -1)
+    radii[1::5] = torch.maximum(radii[1::5], torch.tensor([24, 24], dtype=radii.dtype))
+    full = cc.bin_gaussians_cpp(m2d, radii, depths, width, height, tile_size)
+    culled = cc.bin_gaussians_cpp(m2d, radii, depths, width, height, tile_size, conics=conics, opacities=opac)
+    assert culled.flat_ids.numel() < 0.8 * full.flat_ids.numel()
+    ys, xs = torch.meshgrid(torch.arange(tile_size, dtype=dtype), torch.arange(tile_size, dtype=dtype), indexing="ij")
+    for tile in range(full.tiles_x * full.tiles_y):
+        ours = culled.flat_ids[culled.tile_offsets[tile]:culled.tile_offsets[tile + 1]].tolist()
+        ref = full.flat_ids[full.tile_offsets[tile]:full.tile_offsets[tile + 1]].tolist()
+        position = {g: i for i, g in enumerate(ref)}
+        assert all(g in position for g in ours) and [position[g] for g in ours] == sorted(position[g] for g in ours)
+        dropped = torch.tensor(sorted(set(ref) - set(ours)), dtype=torch.long)
+        if len(dropped):
+            px = (tile % full.tiles_x) * tile_size + xs.flatten() + 0.5
+            py = (tile // full.tiles_x) * tile_size + ys.flatten() + 0.5
+            dx, dy = px[None] - m2d[dropped, :1], py[None] - m2d[dropped, 1:]
+            a, b, c = conics[dropped].unbind(-1)
+            sigma = 0.5 * (a[:, None] * dx * dx + c[:, None] * dy * dy) + b[:, None] * dx * dy
+            alpha = opac[dropped, None] * torch.exp(-sigma)
+            assert bool((alpha < 1 / 255 * (1 - 1e-6)).all()), tile
+    weights = _loss_weights((height, width, 4), (height, width, 1), dtype)
+    inputs = (m2d, conics, opac, colors)
+    outs, grads = _grads(lambda *x: cc.composite_cpp(*x, culled, width, height), inputs, weights)
+    ref_outs, ref_grads = _grads(lambda *x: cc.composite_cpp(*x, full, width, height), inputs, weights)
+    assert float(outs[1].max()) > 0.5
+    for ours, ref in zip((*outs, *grads), (*ref_outs, *ref_grads)):
+        assert torch.equal(ours, ref)
+    with pytest.raises(ValueError, match="both"):
+        cc.bin_gaussians_cpp(m2d, radii, depths, width, height, tile_size, conics=conics)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
 def test_fused_forward_equals_the_autograd_path(dtype):
     """rasterize without autograd (one fused C++ call over the cameras) against the autograd path
     (torch projection, binning, compositing) and the pure-torch backend: images, depth and projection."""
@@ -342,6 +383,20 @@ def test_avatar_inference_gaussians_equal_the_training_path(residual):
             avatar.head.splats["colors"].add_(0.3)
             if residual:
                 avatar.head.splats["features"].mul_(2.0)
+
+
+def test_residual_forward_equals_the_torch_mlp():
+    """residual_forward (the per-frame half of a one-hidden-layer ResidualDeformer) against torch,
+    for a batch of conditions and a Gaussian count that is not a multiple of its block."""
+    gen = torch.Generator().manual_seed(4)
+    per_gaussian, hidden_bias = torch.randn(1003, 24, generator=gen), torch.randn(2, 24, generator=gen)
+    weight, bias = torch.randn(10, 24, generator=gen), torch.randn(10, generator=gen)
+    ours = torch.ops.vasa3d_composite.residual_forward(per_gaussian, hidden_bias, weight, bias)
+    ref = torch.nn.functional.silu(per_gaussian[None] + hidden_bias[:, None]) @ weight.T + bias
+    assert ours.shape == (2, 1003, 10)
+    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="at most"):
+        torch.ops.vasa3d_composite.residual_forward(per_gaussian, hidden_bias, torch.randn(17, 24), torch.randn(17))
 
 
 def test_cpp_projection_forward_and_backward_equal_torch():

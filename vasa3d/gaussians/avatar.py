@@ -59,14 +59,33 @@ class ResidualDeformer(nn.Module):
         """``[N, H]`` the per-Gaussian half of the first layer (independent of the latent)."""
         return self.gaussian_in(torch.cat([features, positions * POSITION_SCALE], dim=-1))
 
+    def _compiled_tail(self, per_gaussian: Tensor) -> bool:
+        """Whether the layers after the split first layer can run as ``residual_forward`` of ``csrc/avatar.cpp``:
+        no autograd, float32 on the CPU, one hidden layer (the body is just the SiLU), the kernels built."""
+        return (not torch.is_grad_enabled() and per_gaussian.device.type == "cpu"
+                and per_gaussian.dtype == torch.float32 and len(self.body) == 1 and self.out.out_features <= 16
+                and _compiled())
+
     def forward(self, cond: Tensor, features: Tensor, positions: Tensor,
                 per_gaussian: Tensor | None = None) -> dict[str, Tensor]:
         """Residuals ``{name: [B, N, k]}`` for ``cond [B, C]``, ``features [N, F]``, ``positions [N, 3]``
         (``per_gaussian [N, H]``: :meth:`per_gaussian` of those, when already computed)."""
         if per_gaussian is None:
             per_gaussian = self.per_gaussian(features, positions)
-        hidden = self.body(self.cond_in(cond)[:, None, :] + per_gaussian[None])
-        return dict(zip(RESIDUAL_CHANNELS, self.out(hidden).split(list(RESIDUAL_CHANNELS.values()), dim=-1)))
+        return split_residuals(self.packed(cond, per_gaussian))
+
+    def packed(self, cond: Tensor, per_gaussian: Tensor) -> Tensor:
+        """``[B, N, sum(RESIDUAL_CHANNELS)]`` the residuals in one tensor, channels in ``RESIDUAL_CHANNELS``
+        order, from ``per_gaussian [N, H]`` (:meth:`per_gaussian`)."""
+        if self._compiled_tail(per_gaussian):  # inference: one pass, no [B, N, H] intermediates
+            return torch.ops.vasa3d_composite.residual_forward(per_gaussian, self.cond_in(cond), self.out.weight,
+                                                               self.out.bias)
+        return self.out(self.body(self.cond_in(cond)[:, None, :] + per_gaussian[None]))
+
+
+def split_residuals(packed: Tensor) -> dict[str, Tensor]:
+    """``{name: [..., k]}`` views of ``packed [..., sum(RESIDUAL_CHANNELS)]``."""
+    return dict(zip(RESIDUAL_CHANNELS, packed.split(list(RESIDUAL_CHANNELS.values()), dim=-1)))
 
 
 def _compiled() -> bool:
@@ -83,6 +102,7 @@ class AvatarFrame:
     expressed: Tensor  # [B, V, 3] identity + expression, before pose (template frame)
     posed: Tensor  # [B, V, 3] after M_p (template frame = world)
     residuals: dict[str, Tensor] | None  # {name: [B, N, k]} or None without a residual MLP
+    packed_residuals: Tensor | None = None  # [B, N, sum k]: the same, in one tensor (inference)
 
 
 class GaussianAvatar(nn.Module):
@@ -153,15 +173,16 @@ class GaussianAvatar(nn.Module):
         else:
             expressed = identity + self.expression(latent.dyn, identity.expand(latent.batch_shape + identity.shape))
         posed = self.pose_model(expressed, latent.pose)
-        residuals = None
+        residuals = packed = None
         if self.residual is not None and residual and not rigid:
             if static is not None:
-                residuals = self.residual(self.condition(latent), None, None, per_gaussian=static["per_gaussian"])
+                packed = self.residual.packed(self.condition(latent), static["per_gaussian"])
+                residuals = split_residuals(packed)
             else:
                 with torch.no_grad():  # canonical positions: an input, not something to move
                     canonical = self.head.world_gaussians(identity)["means"]
                 residuals = self.residual(self.condition(latent), self.head.splats["features"], canonical)
-        return AvatarFrame(expressed, posed, residuals)
+        return AvatarFrame(expressed, posed, residuals, packed)
 
     def landmarks(self, latent: MotionLatent, frame: AvatarFrame) -> Tensor:
         """``[B, 478, 3]`` world landmarks: the 468 face vertices of the posed mesh, then the gaze-turned irises."""
@@ -198,7 +219,9 @@ class GaussianAvatar(nn.Module):
         posed = frame.posed[index]
         if posed.device.type == "cpu" and posed.dtype == torch.float32 and _compiled():
             residual = posed.new_zeros(0)
-            if frame.residuals is not None:
+            if frame.packed_residuals is not None:
+                residual = frame.packed_residuals[index]
+            elif frame.residuals is not None:
                 residual = torch.cat([frame.residuals[k][index] for k in RESIDUAL_CHANNELS], dim=-1)
             names = ("means", "quats", "scales", "opacities", "colors", "anchors")
             return dict(zip(names, torch.ops.vasa3d_composite.avatar_forward(

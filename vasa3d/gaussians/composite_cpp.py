@@ -97,6 +97,7 @@ def load() -> bool:
             torch.ops.vasa3d_composite.forward  # noqa: B018 - raises if the ops are missing
             torch.ops.vasa3d_composite.render_forward  # noqa: B018
             torch.ops.vasa3d_composite.avatar_forward  # noqa: B018
+            torch.ops.vasa3d_composite.residual_forward  # noqa: B018
             _state["ok"] = True
         except Exception as exc:  # noqa: BLE001 - any failure means "use the torch path"
             _state["error"] = f"{type(exc).__name__}: {_first_error(str(exc))}"
@@ -189,13 +190,22 @@ def bin_gaussians_cpp(
     width: int,
     height: int,
     tile_size: int = 16,
+    conics: Tensor | None = None,  # [N, 3]
+    opacities: Tensor | None = None,  # [N]
 ) -> TileBins:
     """:func:`vasa3d.gaussians.composite.bin_gaussians` in C++ (a counting sort over depth-ordered
-    Gaussians); the same lists in the same order."""
+    Gaussians); the same lists in the same order.
+
+    With ``conics`` and ``opacities``, each list keeps only the Gaussians that can reach alpha >= 1/255
+    at one of the tile's pixel centres (the rest would be skipped there by the compositor): fewer
+    entries, the same order, and the same composited image and gradients."""
     if not load():
         raise RuntimeError(f"vasa3d: the C++ compositor is unavailable ({_state['error']})")
+    if (conics is None) != (opacities is None):
+        raise ValueError("bin_gaussians_cpp: give both conics and opacities for the tile cull, or neither")
+    cull = () if conics is None else (conics.detach(), opacities.detach())
     offsets, flat_ids = torch.ops.vasa3d_composite.bin(
-        means2d.detach(), radii.int(), depths.detach(), int(width), int(height), int(tile_size))
+        means2d.detach(), radii.int(), depths.detach(), int(width), int(height), int(tile_size), *cull)
     return TileBins(offsets, flat_ids, (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size,
                     tile_size)
 

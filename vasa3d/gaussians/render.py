@@ -118,7 +118,8 @@ def rasterize(
         if chosen == "cpp":
             from vasa3d.gaussians import composite_cpp
 
-            bins = composite_cpp.bin_gaussians_cpp(means2d[cam], radii[cam], depths[cam], width, height, tile_size)
+            bins = composite_cpp.bin_gaussians_cpp(means2d[cam], radii[cam], depths[cam], width, height, tile_size,
+                                                   conics=conics[cam], opacities=opacities)
             stage_ms["binning"] += 1e3 * (time.perf_counter() - clock)
             clock = time.perf_counter()
             img, acc = composite_cpp.composite_cpp(means2d[cam], conics[cam], opacities, features[cam], bins, width,

@@ -6,6 +6,9 @@
 //   avatar_forward(vertices [V,3], faces [F,3], binding [N], means [N,3], quats [N,4] (normalised),
 //                  log_scales [N,3], opacity_logits [N], color_logits [N,K], residual [N,7+K] or empty)
 //     -> world means, quats, scales, opacities, colors, anchors (float32)
+//   residual_forward(per_gaussian [N,H], hidden_bias [B,H], weight [O,H], bias [O])
+//     -> [B,N,O] = silu(per_gaussian + hidden_bias[b]) @ weight^T + bias (float32): the per-frame half
+//        of a one-hidden-layer ResidualDeformer, without its [B,N,H] intermediates
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "projection.h"
+#include "tiles.h"
 
 namespace {
 
@@ -128,10 +132,70 @@ std::vector<at::Tensor> avatar_forward(const at::Tensor& vertices_in, const at::
   return {out_means, out_quats, out_scales, out_opac, out_cols, out_anchors};
 }
 
+at::Tensor residual_forward(const at::Tensor& per_gaussian_in, const at::Tensor& hidden_bias_in,
+                            const at::Tensor& weight_in, const at::Tensor& bias_in) {
+  const int64_t n = per_gaussian_in.size(0), h = per_gaussian_in.size(1), b = hidden_bias_in.size(0);
+  const int64_t o = weight_in.size(0);
+  TORCH_CHECK(per_gaussian_in.dim() == 2 && hidden_bias_in.dim() == 2 && hidden_bias_in.size(1) == h &&
+              weight_in.sizes() == at::IntArrayRef({o, h}) && bias_in.sizes() == at::IntArrayRef({o}),
+              "residual_forward: per_gaussian [N,H], hidden_bias [B,H], weight [O,H], bias [O] expected");
+  for (const at::Tensor* t : {&per_gaussian_in, &hidden_bias_in, &weight_in, &bias_in})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat, "residual_forward: float32 CPU tensors expected");
+  const at::Tensor pg = per_gaussian_in.contiguous(), hb = hidden_bias_in.contiguous();
+  const at::Tensor w = weight_in.contiguous(), bias = bias_in.contiguous();
+  at::Tensor out = at::empty({b, n, o}, pg.options());
+  const float *pp = pg.data_ptr<float>(), *hp = hb.data_ptr<float>(), *wp = w.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* out_p = out.data_ptr<float>();
+  // Blocks of kGroup Gaussians: the SiLU along H (SIMD over hidden units), then the outputs as
+  // broadcast multiply-adds with the transposed weight's rows padded to kPad lanes (SIMD over
+  // outputs), kGroup independent accumulators so the adds do not wait on each other.
+  constexpr int64_t kPad = 16, kGroup = 8;
+  TORCH_CHECK(o <= kPad, "residual_forward: at most ", kPad, " outputs");
+  constexpr int64_t o_pad = kPad;
+  aligned_vector<float> wt(h * o_pad, 0.0f);  // [H][O_pad]
+  for (int64_t c = 0; c < o; ++c)
+    for (int64_t j = 0; j < h; ++j) wt[j * o_pad + c] = wp[c * h + j];
+  const int64_t groups = (n + kGroup - 1) / kGroup;
+  at::parallel_for(0, b * groups, 256, [&](int64_t lo, int64_t hi) {
+    aligned_vector<float> act(kGroup * h, 0.0f);
+    alignas(64) float acc[kGroup * kPad];  // a local array: kept in registers (a heap buffer could alias)
+    for (int64_t q = lo; q < hi; ++q) {
+      const int64_t bi = q / groups, g0 = (q % groups) * kGroup, len = std::min(kGroup, n - g0);
+      const float* hrow = hp + bi * h;
+      float *a = act.data(), *s = acc;
+      for (int64_t g = 0; g < len; ++g) {
+        const float* row = pp + (g0 + g) * h;
+#pragma omp simd
+        for (int64_t j = 0; j < h; ++j) {
+          const float x = row[j] + hrow[j];
+          a[g * h + j] = x / (1.0f + exp_s(-x));  // silu
+        }
+      }
+      for (int64_t g = 0; g < kGroup; ++g)
+        for (int64_t c = 0; c < o_pad; ++c) s[g * o_pad + c] = c < o ? bp[c] : 0.0f;
+      for (int64_t j = 0; j < h; ++j) {
+        const float* wr = wt.data() + j * o_pad;
+        for (int64_t g = 0; g < kGroup; ++g) {
+          const float aj = a[g * h + j];
+          float* sg = s + g * o_pad;
+#pragma omp simd
+          for (int64_t c = 0; c < o_pad; ++c) sg[c] += aj * wr[c];
+        }
+      }
+      float* dst = out_p + (bi * n + g0) * o;
+      for (int64_t g = 0; g < len; ++g) std::copy(s + g * o_pad, s + g * o_pad + o, dst + g * o);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vasa3d_composite, m) {
   m.def("avatar_forward(Tensor vertices, Tensor faces, Tensor binding, Tensor means, Tensor quats, "
         "Tensor log_scales, Tensor opacity_logits, Tensor color_logits, Tensor residual) -> Tensor[]",
         &avatar_forward);
+  m.def("residual_forward(Tensor per_gaussian, Tensor hidden_bias, Tensor weight, Tensor bias) -> Tensor",
+        &residual_forward);
 }

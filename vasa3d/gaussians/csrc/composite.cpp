@@ -86,8 +86,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_forward(
   at::Tensor out_last = at::zeros({height, width}, opts.dtype(at::kInt));
   auto run = [&](auto zero) {
     using S = decltype(zero);
-    const Scene<S> sc = make_scene<S>(means2d, conics, opacities, colors, offsets, ids, tiles_x, tiles_y, ts,
-                                      width, height);
+    Scene<S> sc = make_scene<S>(means2d, conics, opacities, colors, offsets, ids, tiles_x, tiles_y, ts,
+                                width, height);
+    const std::vector<double> row_bounds = sc.m > sc.n ? row_reaches(sc) : std::vector<double>();
+    if (!row_bounds.empty()) sc.reach = row_bounds.data();
     S *c = out_c.data_ptr<S>(), *a = out_a.data_ptr<S>(), *t = out_t.data_ptr<S>();
     int32_t* l = out_last.data_ptr<int32_t>();
     for_each_busy_tile(sc, false, [&](int64_t tile, Scratch<S>& s, std::vector<uint8_t>& inside) {
@@ -117,8 +119,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
   at::Tensor rows = at::empty({ids.numel(), q}, opts);  // one gradient row per bin entry
   auto run = [&](auto zero) {
     using S = decltype(zero);
-    const Scene<S> sc = make_scene<S>(means2d, conics, opacities, colors, offsets, ids, tiles_x, tiles_y, ts,
-                                      width, height);
+    Scene<S> sc = make_scene<S>(means2d, conics, opacities, colors, offsets, ids, tiles_x, tiles_y, ts,
+                                width, height);
+    const std::vector<double> row_bounds = sc.m > sc.n ? row_reaches(sc) : std::vector<double>();
+    if (!row_bounds.empty()) sc.reach = row_bounds.data();
     const S *vc = v_colors.data_ptr<S>(), *va = v_alphas.data_ptr<S>(), *tf = t_final.data_ptr<S>();
     const int32_t* l = last.data_ptr<int32_t>();
     S* r = rows.data_ptr<S>();

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -58,6 +59,7 @@ struct Scene {
   const int64_t* offsets;  // [n_tiles + 1]
   const int64_t* ids;  // [M]
   int64_t n, k, m, tiles_x, tiles_y, ts, width, height;
+  const double* reach = nullptr;  // [N] row_reach of each Gaussian, or null: computed per tile entry
 };
 
 // 64-byte aligned storage for the per-worker buffers. The vectorised loops over a tile's
@@ -116,18 +118,40 @@ struct Splat {
 // Rows where the Gaussian can reach alpha >= 1/255: along a row the smallest sigma is
 // 0.5 dy^2 det / a, so rows with |dy| > sqrt(2 ln(opacity 255) a / det) are skipped, with a
 // margin far above float rounding so the kept pixels are exactly those the full test keeps.
+// row_reach gives that bound on |dy| in pixels: -1 if the Gaussian reaches no pixel, infinity if
+// the test does not apply (a degenerate conic: every row).
+template <typename S>
+double row_reach(S ca, S cb, S cc, S op, S my) {
+  const double a = ca, b = cb, c = cc, det = a * c - b * b;
+  const double s_max = std::log(static_cast<double>(op) / static_cast<double>(static_cast<S>(kAlphaMin)));
+  if (!(a > 0 && det > 0 && std::isfinite(s_max) && std::isfinite(static_cast<double>(my))))
+    return std::numeric_limits<double>::infinity();
+  if (s_max < -1e-3) return -1.0;  // opacity < 1/255: reaches no pixel
+  return std::sqrt(2.0 * std::max(s_max, 0.0) * a / det) * (1.0 + 1e-3) + 1e-2;
+}
+
+// row_reach of every Gaussian of the scene, once, for Scene::reach (a log and a square root
+// per Gaussian instead of per tile entry).
+template <typename S>
+std::vector<double> row_reaches(const Scene<S>& sc) {
+  std::vector<double> out(sc.n);
+  at::parallel_for(0, sc.n, 4096, [&](int64_t lo, int64_t hi) {
+    for (int64_t g = lo; g < hi; ++g)
+      out[g] = row_reach(sc.conics[3 * g], sc.conics[3 * g + 1], sc.conics[3 * g + 2], sc.opac[g], sc.means[2 * g + 1]);
+  });
+  return out;
+}
+
 template <typename S>
 Splat<S> load_splat(const Scene<S>& sc, int64_t g, int64_t y0) {
   Splat<S> sp{sc.means[2 * g], sc.means[2 * g + 1], sc.conics[3 * g], sc.conics[3 * g + 1],
               sc.conics[3 * g + 2], sc.opac[g], 0, sc.ts * sc.ts};
-  const double a = sp.ca, b = sp.cb, c = sp.cc, det = a * c - b * b;
-  const double s_max = std::log(static_cast<double>(sp.op) / static_cast<double>(static_cast<S>(kAlphaMin)));
-  if (!(a > 0 && det > 0 && std::isfinite(s_max) && std::isfinite(static_cast<double>(sp.my)))) return sp;
-  if (s_max < -1e-3) {  // opacity < 1/255: reaches no pixel
+  const double reach = sc.reach ? sc.reach[g] : row_reach(sp.ca, sp.cb, sp.cc, sp.op, sp.my);
+  if (std::isinf(reach)) return sp;
+  if (reach < 0) {
     sp.p1 = 0;
     return sp;
   }
-  const double reach = std::sqrt(2.0 * std::max(s_max, 0.0) * a / det) * (1.0 + 1e-3) + 1e-2;
   const double lo = static_cast<double>(sp.my) - reach - 0.5 - static_cast<double>(y0);  // row centre = y0 + r + 0.5
   const double hi = static_cast<double>(sp.my) + reach - 0.5 - static_cast<double>(y0);
   const double top = static_cast<double>(sc.ts) + 1.0;  // clamp before casting: no overflow
@@ -156,15 +180,26 @@ void composite_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector
   std::fill(acc, acc + K * P, S(0));
   const S amax = S(kAlphaMax), amin = S(kAlphaMin), tmin = S(kTMin);
   const int64_t begin = sc.offsets[tile], len = sc.offsets[tile + 1] - begin;
+  // Rows [row_lo, row_hi) hold every pixel still alive: the rows outside have all stopped (or lie
+  // off the image), so no Gaussian can change them and the loops skip them.
+  int64_t row_lo = 0, row_hi = ts;
+  const auto row_alive = [&](int64_t r) {
+    S sum = 0;
+    for (int64_t p = r * ts; p < (r + 1) * ts; ++p) sum += alive[p];
+    return sum > S(0);
+  };
+  if (n_alive > S(0))
+    while (!row_alive(row_hi - 1)) --row_hi;
   for (int64_t j = 0; j < len && n_alive > S(0); ++j) {  // tile-level early stop
     const int64_t g = sc.ids[begin + j];
     const Splat<S> sp = load_splat(sc, g, y0);
     const S mx = sp.mx, my = sp.my, ca = sp.ca, cb = sp.cb, cc = sp.cc, op = sp.op;
     const I jn = static_cast<I>(j + 1);
+    const int64_t p0 = std::max(sp.p0, row_lo * ts), p1 = std::min(sp.p1, row_hi * ts);
     S wmax = 0, n_stop = 0;
     // Masks are 0/1 values of S and selects are ternaries: this form vectorises with GCC.
 #pragma omp simd reduction(max : wmax) reduction(+ : n_stop)
-    for (int64_t p = sp.p0; p < sp.p1; ++p) {
+    for (int64_t p = p0; p < p1; ++p) {
       const S dx = px[p] - mx, dy = py[p] - my;
       const S sigma = S(0.5) * (ca * (dx * dx) + cc * (dy * dy)) + cb * dx * dy;
       const S a0 = op * exp_s(-sigma);
@@ -188,8 +223,12 @@ void composite_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector
         const S ck = col[k];
         S* a = acc + k * P;
 #pragma omp simd
-        for (int64_t p = sp.p0; p < sp.p1; ++p) a[p] += w[p] * ck;
+        for (int64_t p = p0; p < p1; ++p) a[p] += w[p] * ck;
       }
+    }
+    if (n_stop > S(0) && n_alive > S(0)) {  // some pixels stopped: shrink the live rows
+      while (!row_alive(row_lo)) ++row_lo;
+      while (!row_alive(row_hi - 1)) --row_hi;
     }
   }
 }
