@@ -14,6 +14,9 @@ with the audio. Columns:
 - ``open_gap_std``: mean opening in speech minus in silence (speech/silence from silero-vad,
   probability 0.5), in standard deviations of the opening;
 - ``face_rate``: frames where mediapipe finds the face;
+- rows per recorded set: the diffusion model's raw output; the same with voice activity shutting the mouth
+  where silero-vad hears no one (``VAD_ROW``: what ``vasa3d render`` does by default, offline and online);
+  the energy→jaw baseline;
 - ``phone_ref_corr`` / ``phone_ref_lag`` (recorded English only): correlation (peak within +-5
   frames) of the rendered opening with the opening of a reference motion built from the phones
   pocketsphinx recognises (``vasa3d.audio.phones.phone_motion``);
@@ -53,6 +56,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
+VAD_ROW = "diffusion + voice activity"  # the shipped pipeline's row
 MAX_LAG = 5
 NOISE_FLOOR_DBFS = -65.0
 KTUBERLING = "ktuberling-data/usr/share/ktuberling/sounds"
@@ -365,10 +369,14 @@ def evaluate(args) -> tuple[dict, dict, dict]:
             phones = recognize_phones(material.waveform, SAMPLE_RATE)
             reference = latent_opening(phone_motion(material.waveform, SAMPLE_RATE, fps, len(feats), phones=phones,
                                                     dim=dim)).numpy()
-        for model_name in ("diffusion", "energy→jaw baseline"):
+        for model_name in ("diffusion", VAD_ROW, "energy→jaw baseline"):
             start = time.perf_counter()
             with torch.no_grad():
-                latents = generators[model_name](feats, args.seed)
+                if model_name == VAD_ROW:  # what `vasa3d render` does: the mouth shut where silero-vad hears no one
+                    activity = voice_activity(material.waveform, SAMPLE_RATE, fps, len(feats))
+                    latents = motion.generate(feats, seed=args.seed, voice_activity=activity)
+                else:
+                    latents = generators[model_name](feats, args.seed)
             label = f"{set_name} (recorded) · {model_name}"
             row, opening = figures(latents, material, label)
             if reference is not None:
@@ -440,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latents-only", action="store_true", help="no avatar: measure the latent mouth opening")
     parser.add_argument("--videos", type=Path, help="also write each rendered video (mp4 with audio) here")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--name", default="", help="a suffix for the result files, so that a second run on the same "
+                        "day does not replace the first")
     args = parser.parse_args(argv)
     if args.avatar is None and not args.latents_only:
         parser.error("give --avatar CKPT (make one with `lightning fit --config experiments/fit_portrait.yaml`, "
@@ -475,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + shlex.join(["benchmarks/real_speech.py", *(sys.argv[1:] if argv is None else argv)])
     directions = {"peak_corr": 1, "open_gap_std": 1, "face_rate": 1, "phone_ref_corr": 1, "latent_peak_corr": 1,
                   "latent_open_gap_std": 1, "lag_frames": 0, "phone_ref_lag": 0}
-    paths = write_table(rows, "real_speech", out_dir=args.out_dir, reference=None, command=command, notes=notes,
+    suffix = f"-{args.name}" if args.name else ""
+    paths = write_table(rows, "real_speech" + suffix, out_dir=args.out_dir, reference=None, command=command, notes=notes,
                         config_text=json_dumps(info), directions=directions)
     heldout_notes = (
         f"Held-out espeak-ng speech per language: the numbers 1..{args.words} as words with pauses (never in "
@@ -485,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     heldout_paths = write_table({language: {f"{model} lipsync_corr": value for model, value in row.items()}
                                  for language, row in heldout.items()},
-                                "real_speech_heldout", out_dir=args.out_dir, reference=None, command=command,
+                                "real_speech_heldout" + suffix, out_dir=args.out_dir, reference=None, command=command,
                                 notes=heldout_notes, config_text=json_dumps(info),
                                 directions={f"{m} lipsync_corr": 1 for row in heldout.values() for m in row})
     print(paths["md"].read_text())

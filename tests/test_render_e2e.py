@@ -89,3 +89,44 @@ def test_clear_errors(checkpoints, tmp_path, capsys):
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
     assert "--audio" in lines[0] and "no such checkpoint" in lines[1]
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("window", [7, 20])
+def test_online_closes_the_mouth_in_pauses_as_offline_does(checkpoints, window):
+    """The online loop hears voice activity chunk by chunk and gates each window's mouth: the latents
+    it renders equal the offline ones (generate with the whole file's activity); the mouth is shut in
+    the pause, and without vad it is not."""
+    from vasa3d.audio.io import resample
+    from vasa3d.audio.vad import voice_activity
+    from vasa3d.audio.visemes import MOUTH_CHANNELS
+    from vasa3d.motion.latent import MotionLatent
+
+    folder, _ = checkpoints
+    head = TalkingHead.from_checkpoints(folder / "avatar.ckpt", folder / "motion.ckpt")
+    rate = head.features.sample_rate
+    words = [resample(c.waveform, c.sample_rate, rate) for c in (synthesize("Hello there.", voice="en-us"),
+                                                                   synthesize("Goodbye now.", voice="en-us"))]
+    audio = np.concatenate([words[0], np.zeros(rate), words[1]]).astype(np.float32)
+    features = head.features(audio)
+    activity = voice_activity(audio, rate, head.fps, len(features))
+    offline = head.motion.generate(features, seed=0, window=window, voice_activity=activity)
+
+    def online(vad: bool) -> MotionLatent:
+        rendered = []
+        head.render_frame = lambda latent, *args, **kwargs: rendered.append(latent) or np.zeros((SIZE, SIZE, 3))
+        chunks = (audio[i:i + rate // 5] for i in range(0, len(audio), rate // 5))
+        for _ in head.stream(chunks, len(features), "orbit", SIZE, seed=0, window=window, vad=vad):
+            pass
+        return MotionLatent.cat(rendered)
+
+    gated, open_ = online(True), online(False)
+    assert len(gated) == len(offline) == len(features)
+    torch.testing.assert_close(gated.dyn, offline.dyn, atol=1e-5, rtol=0)
+    quiet = activity < 0.05
+    pause = torch.from_numpy(np.convolve(quiet, np.ones(10), mode="full")[:len(quiet)] == 10)  # and the 9 before
+    assert pause.sum() > 10
+    mouth, mouth_open = gated.dyn[:, MOUTH_CHANNELS].abs(), open_.dyn[:, MOUTH_CHANNELS].abs()
+    assert mouth_open[pause].mean() > 1e-2
+    assert (mouth[pause] <= 0.05 * mouth_open[pause] + 1e-7).all()
+    speech = torch.from_numpy(activity > 0.9)
+    assert (mouth[speech] >= 0.9 * mouth_open[speech] - 1e-7).all()  # speech: the gain is the activity, > 0.9

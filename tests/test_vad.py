@@ -68,3 +68,32 @@ def test_model_is_cached_and_bad_input_fails_clearly():
         voice_activity(np.zeros((2, 16000), np.float32), 16000, FPS, 25)
     with pytest.raises(ValueError, match="fps"):
         voice_activity(np.zeros(16000, np.float32), 16000, 0.0, 25)
+
+
+def test_a_stream_hears_the_same_activity_as_the_whole_file(speech):
+    """VoiceActivityStream over pieces of any size (one sample to several chunks) equals voice_activity
+    of the whole; frames come as soon as their span is heard; the model goes back to the pool."""
+    from vasa3d.audio.io import resample
+    from vasa3d.audio.vad import VAD_SAMPLE_RATE, VoiceActivityStream
+
+    waveform, sample_rate, _ = speech
+    audio = resample(waveform, sample_rate, VAD_SAMPLE_RATE).astype(np.float32)
+    frames = int(np.ceil(len(audio) / VAD_SAMPLE_RATE * FPS)) + 2  # two past the end: silence
+    whole = voice_activity(audio, VAD_SAMPLE_RATE, FPS, frames)
+    rng = np.random.default_rng(0)
+    stream = VoiceActivityStream(FPS)
+    parts, start, heard = [], 0, 0
+    while start < len(audio):
+        size = int(rng.choice([1, 100, 512, 3000, 7000]))
+        piece = audio[start:start + size]
+        start += len(piece)
+        parts.append(stream.push(piece))
+        heard += len(parts[-1])
+        assert heard <= start / VAD_SAMPLE_RATE * FPS  # never a frame before its audio
+        assert heard >= (start - 512) / VAD_SAMPLE_RATE * FPS - 1  # at most a chunk behind
+    parts.append(stream.finish(frames))
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    with pytest.raises(RuntimeError, match="finish"):
+        stream.push(audio[:10])
+    with pytest.raises(ValueError, match="16000 Hz"):
+        VoiceActivityStream(FPS, sample_rate=22050)

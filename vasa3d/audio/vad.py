@@ -1,12 +1,13 @@
 """Voice activity per video frame: the Silero VAD model shipped inside the ``silero-vad`` wheel.
 
 The model (TorchScript, ``silero_vad/data/silero_vad.jit``, trained on real speech in many
-languages) is loaded straight from the installed wheel, once per process, without importing the
-``silero_vad`` package (whose import calls ``torch.set_num_threads(1)`` for the whole process) and
-without torchaudio. It reads 16 kHz audio in chunks of 512 samples (32 ms) and gives each chunk a
-speech probability; :func:`voice_activity` averages those over each video frame's span
-``[t / fps, (t + 1) / fps)`` (the frames of ``vasa3d.audio.features``), weighted by overlap.
-Nothing is downloaded.
+languages) is loaded straight from the installed wheel, without importing the ``silero_vad``
+package (whose import calls ``torch.set_num_threads(1)`` for the whole process) and without
+torchaudio. It reads 16 kHz audio in chunks of 512 samples (32 ms), carrying its state from chunk
+to chunk, and gives each chunk a speech probability; :func:`voice_activity` averages those over
+each video frame's span ``[t / fps, (t + 1) / fps)`` (the frames of ``vasa3d.audio.features``),
+weighted by overlap. :class:`VoiceActivityStream` does the same for audio that arrives in pieces
+(the online renderer), with the same result. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ VAD_SAMPLE_RATE = 16000
 CHUNK = 512  # samples per model step at 16 kHz (32 ms)
 _LOCK = threading.Lock()
 _MODEL: torch.jit.ScriptModule | None = None
+_IDLE: list[torch.jit.ScriptModule] = []  # models for streams (each carries its own state), not in use
 
 
 class VADUnavailableError(RuntimeError):
@@ -46,10 +48,25 @@ def load_vad() -> torch.jit.ScriptModule:
     global _MODEL
     with _LOCK:
         if _MODEL is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-                _MODEL = torch.jit.load(str(model_path()), map_location="cpu").eval()
+            _MODEL = _load_model()
         return _MODEL
+
+
+def _load_model() -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        return torch.jit.load(str(model_path()), map_location="cpu").eval()
+
+
+def preload() -> None:
+    """Load a model for the next :class:`VoiceActivityStream` now (about 40 ms), so that the stream
+    does not spend that time before its first frame."""
+    with _LOCK:
+        if _IDLE:
+            return
+    model = _load_model()
+    with _LOCK:
+        _IDLE.append(model)
 
 
 def chunk_probabilities(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -63,7 +80,7 @@ def chunk_probabilities(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     if samples.size == 0:
         return np.zeros(0)
     model = load_vad()
-    with _LOCK, torch.no_grad():
+    with _LOCK, torch.no_grad():  # the shared model's state: one caller at a time
         model.reset_states()
         probs = model.audio_forward(torch.from_numpy(np.ascontiguousarray(samples)), VAD_SAMPLE_RATE)
     return probs.reshape(-1).double().numpy()
@@ -83,15 +100,95 @@ def voice_activity(waveform: np.ndarray, sample_rate: int, fps: float, num_frame
     if num_frames < 0:
         raise ValueError(f"voice activity: num_frames must be >= 0; got {num_frames}")
     probs = chunk_probabilities(waveform, sample_rate)
-    duration = len(waveform) / sample_rate
+    return _frame_activity(probs, len(waveform) / sample_rate, fps, 0, num_frames)
+
+
+def _frame_activity(probs: np.ndarray, duration: float, fps: float, start: int, stop: int) -> np.ndarray:
+    """Activity of frames ``[start, stop)`` from the chunk probabilities ``probs`` of ``duration`` s of audio:
+    the overlap-weighted mean over each frame's span (frames past the end read 0)."""
     chunk_s = CHUNK / VAD_SAMPLE_RATE
     # integral of the piecewise-constant chunk probability, sampled at the frame edges
-    edges = np.arange(num_frames + 1) / fps
+    edges = np.arange(start, stop + 1) / fps
     chunk_edges = np.arange(probs.size + 1) * chunk_s
     cumulative = np.concatenate([[0.0], np.cumsum(probs * chunk_s)])
     integral = np.interp(np.minimum(edges, duration), chunk_edges, cumulative)
     covered = np.diff(np.minimum(edges, duration))
-    out = np.zeros(num_frames)
+    out = np.zeros(stop - start)
     inside = covered > 1e-9
     out[inside] = np.diff(integral)[inside] / covered[inside]
     return np.clip(out, 0.0, 1.0)
+
+
+class VoiceActivityStream:
+    """:func:`voice_activity` of 16 kHz audio that arrives in pieces, frame by frame as soon as a
+    frame's span is heard: :meth:`push` returns the frames completed by a piece, :meth:`finish` the
+    rest. The concatenation equals :func:`voice_activity` of the whole audio.
+
+    Each stream runs its own copy of the model (its state is per stream), taken from a pool
+    (:func:`preload`) and returned by :meth:`finish` or :meth:`close`.
+
+    Args:
+        fps: video frame rate; frame ``t`` covers ``[t / fps, (t + 1) / fps)``.
+        sample_rate: the audio's; must be 16 kHz (the model's rate; the feature extractor's default).
+    """
+
+    def __init__(self, fps: float, sample_rate: int = VAD_SAMPLE_RATE) -> None:
+        if fps <= 0:
+            raise ValueError(f"voice activity: fps must be positive; got {fps}")
+        if sample_rate != VAD_SAMPLE_RATE:
+            raise ValueError(f"VoiceActivityStream: {VAD_SAMPLE_RATE} Hz audio expected (the model's rate); got "
+                             f"{sample_rate} Hz")
+        self.fps = fps
+        with _LOCK:
+            model = _IDLE.pop() if _IDLE else None
+        self._model = model if model is not None else _load_model()
+        self._model.reset_states()
+        self._pending = np.zeros(0, dtype=np.float32)  # samples not yet in a whole chunk
+        self._probs: list[float] = []
+        self._samples = 0
+        self._frames = 0  # frames returned so far
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Add mono samples ``[n]`` in [-1, 1]; returns the activity of the frames they complete."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._model is None:
+            raise RuntimeError("VoiceActivityStream: push after finish")
+        self._samples += samples.size
+        self._pending = np.concatenate([self._pending, samples])
+        whole = self._pending.size // CHUNK * CHUNK
+        self._run(self._pending[:whole])
+        self._pending = self._pending[whole:]
+        heard = len(self._probs) * CHUNK / VAD_SAMPLE_RATE  # seconds the probabilities cover
+        done = int(np.floor(heard * self.fps))  # frames whose whole span is covered (rounding: later, never early)
+        return self._emit(done, np.inf)
+
+    def finish(self, num_frames: int) -> np.ndarray:
+        """The activity of the remaining frames up to ``num_frames`` (as :func:`voice_activity`'s
+        ``num_frames``), the last partial chunk zero-padded; the model goes back to the pool."""
+        if self._model is None:
+            raise RuntimeError("VoiceActivityStream: finish called twice")
+        if self._pending.size:
+            padded = np.zeros(CHUNK, dtype=np.float32)
+            padded[:self._pending.size] = self._pending
+            self._run(padded)
+            self._pending = self._pending[:0]
+        out = self._emit(max(num_frames, self._frames), self._samples / VAD_SAMPLE_RATE)
+        self.close()
+        return out
+
+    def close(self) -> None:
+        """Return the model to the pool (idempotent)."""
+        if self._model is not None:
+            with _LOCK:
+                _IDLE.append(self._model)
+            self._model = None
+
+    def _run(self, samples: np.ndarray) -> None:
+        if samples.size:
+            with torch.no_grad():
+                chunks = torch.from_numpy(np.ascontiguousarray(samples)).reshape(-1, CHUNK)
+                self._probs += [float(self._model(chunk[None], VAD_SAMPLE_RATE)) for chunk in chunks]
+
+    def _emit(self, stop: int, duration: float) -> np.ndarray:
+        start, self._frames = self._frames, max(self._frames, stop)
+        return _frame_activity(np.asarray(self._probs, dtype=np.float64), duration, self.fps, start, self._frames)

@@ -277,19 +277,48 @@ def mouth_opening(latent: MotionLatent | Tensor) -> Tensor:
     return dyn[..., _IDX["jaw_open"]] + 0.3 * (dyn[..., _IDX["upper_lip_raise"]] + dyn[..., _IDX["lower_lip_depress"]])
 
 
+class SilenceGate:
+    """Voice activity ``[T]`` in [0, 1] → the mouth's gain per frame, causally, so that a stream gated
+    window by window gets what the whole would (the online renderer).
+
+    The gain is the activity smoothed over the past ``release_s`` (a one-sided Gaussian: the lips close
+    over about that time once speech stops; zero ``4 release_s`` after it) and never below the activity
+    itself, so a speech onset opens the mouth at once. Before the first frame, the first frame's activity
+    is assumed.
+    """
+
+    def __init__(self, fps: float = 25.0, release_s: float = 0.08) -> None:
+        sigma = max(release_s * fps, 1e-3)
+        weights = np.exp(-0.5 * (np.arange(int(4 * sigma + 0.5) + 1) / sigma) ** 2)
+        self.weights = weights / weights.sum()  # weights[k]: of the frame k before
+        self.history: np.ndarray | None = None  # the last len(weights) - 1 activities
+
+    def __call__(self, activity: np.ndarray | Tensor) -> np.ndarray:
+        """The gain of the next ``len(activity)`` frames."""
+        activity = np.clip(np.asarray(activity, dtype=np.float64).reshape(-1), 0.0, 1.0)
+        if activity.size == 0:
+            return activity
+        if self.history is None:
+            self.history = np.full(len(self.weights) - 1, activity[0])
+        padded = np.concatenate([self.history, activity])
+        smooth = np.convolve(padded, self.weights, mode="valid")
+        self.history = padded[len(padded) - len(self.history):]
+        return np.maximum(activity, smooth)
+
+
 def close_mouth_in_silence(latent: MotionLatent, activity: np.ndarray | Tensor, fps: float = 25.0,
-                           release_s: float = 0.08) -> MotionLatent:
+                           release_s: float = 0.08, gate: SilenceGate | None = None) -> MotionLatent:
     """``latent [T]`` with the mouth controls (``MOUTH``) scaled by voice activity ``[T]`` in [0, 1] (e.g.
     ``vasa3d.audio.vad.voice_activity``), so the mouth rests closed where no one speaks, whatever the noise.
 
-    The gate is the activity smoothed over ``release_s`` (the lips close and open in about that time) and
-    is never narrower than the activity itself (a max with the raw value), so speech onsets are not delayed.
+    The gain is :class:`SilenceGate`'s (``fps``, ``release_s``); pass the same ``gate`` for consecutive
+    windows of a stream (it remembers the activity before each window).
     """
-    activity = np.clip(np.asarray(activity, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    activity = np.asarray(activity, dtype=np.float64).reshape(-1)
     if len(activity) != len(latent):
         raise ValueError(f"close_mouth_in_silence: {len(activity)} activity frames for a latent of {len(latent)}; "
                          "compute the activity for the latent's frames")
-    gate = np.maximum(activity, gaussian_filter1d(activity, sigma=max(release_s * fps, 1e-3), mode="nearest"))
+    gain = (gate or SilenceGate(fps, release_s))(activity)
     dyn = latent.dyn.clone()
-    dyn[..., MOUTH_CHANNELS] = dyn[..., MOUTH_CHANNELS] * torch.as_tensor(gate, dtype=dyn.dtype)[:, None]
+    dyn[..., MOUTH_CHANNELS] = dyn[..., MOUTH_CHANNELS] * torch.as_tensor(gain, dtype=dyn.dtype)[:, None]
     return MotionLatent(dyn, latent.pose, latent.gaze, latent.blink)

@@ -87,7 +87,7 @@ def render_command(argv: Sequence[str]) -> int:
             chunks = stream_audio(args.audio, window_s=args.chunk_ms / 1000, sample_rate=sample_rate)
             stats = None
             for frame, stats in head.stream(chunks, frames, args.camera, size, seed=args.seed, window=args.window,
-                                            **guidance):
+                                            vad=not args.no_vad, **guidance):
                 writer.write(frame)
                 progress.advance(task)
         else:

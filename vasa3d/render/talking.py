@@ -104,6 +104,12 @@ class TalkingHead:
         if motion_ckpt is not None:
             motion = Audio2Motion.load_from_checkpoint(motion_ckpt, map_location="cpu").eval()
             features = motion.feature_extractor()
+            from vasa3d.audio.vad import VADUnavailableError, preload
+
+            try:  # the online loop's voice activity model, loaded now rather than before its first frame
+                preload()
+            except VADUnavailableError:
+                pass  # said when a stream asks for it
         return cls(avatar, motion, features)
 
     # ------------------------------------------------------------ pieces
@@ -165,29 +171,25 @@ class TalkingHead:
         return stats
 
     def stream(self, audio_chunks: Iterable[np.ndarray], total_frames: int, camera: str, size: int,
-               seed: int = 0, window: int | None = None, **generate_kwargs) -> Iterator[tuple[np.ndarray, RenderStats]]:
+               seed: int = 0, window: int | None = None, vad: bool = True,
+               **generate_kwargs) -> Iterator[tuple[np.ndarray, RenderStats]]:
         """Online mode: yield ``(frame, stats so far)`` as audio chunks (mono, the extractor's sample rate)
         arrive; motion is generated ``window`` frames at a time (default: the model's training window; a
-        shorter one lowers the latency), each frame rendered once its latent exists."""
+        shorter one lowers the latency), each frame rendered once its latent exists.
+
+        With ``vad`` (and silero-vad installed), voice activity closes the mouth in pauses as in the
+        offline path, with the same frames: it is heard chunk by chunk (``VoiceActivityStream``) and
+        applied by a causal gate (``SilenceGate``), so a window waits at most for the 32 ms of audio
+        that completes the activity of its last frame."""
         self._require_motion()
         window = window or self.motion.hparams.window
         stats = RenderStats(buffering_s=window / self.fps)
         cameras = camera_path(camera, self.viewmat, total_frames, self.fps)
         start = time.perf_counter()
-        feature_stream = self.features.stream()
-
-        def features() -> Iterator[Tensor]:
-            for chunk in audio_chunks:
-                t0 = time.perf_counter()
-                part = feature_stream.push(chunk)
-                stats.features_s += time.perf_counter() - t0
-                yield part
-            t0 = time.perf_counter()
-            part = feature_stream.finish()
-            stats.features_s += time.perf_counter() - t0
-            yield part
-
-        windows = self.motion.stream(features(), window=window, seed=seed, **generate_kwargs)
+        pump = _AudioPump(audio_chunks, self.features, self.fps, stats, vad)
+        windows = self.motion.stream(pump.features(), window=window, seed=seed, **generate_kwargs)
+        if pump.activity is not None:
+            windows = pump.gated(windows)
         for window in _run_ahead(windows, stats):
             for i in range(len(window)):
                 if stats.frames >= total_frames:
@@ -204,6 +206,68 @@ class TalkingHead:
         # feature extraction runs inside the motion model's pull: keep the motion time net of it
         stats.motion_s = max(stats.motion_s - stats.features_s, 0.0)
         stats.wall_s = time.perf_counter() - start
+
+
+class _AudioPump:
+    """Pulls audio chunks for the online loop (on the motion thread): each chunk goes to the feature
+    stream and, with voice activity, to a ``VoiceActivityStream``. :meth:`features` feeds the motion
+    model; :meth:`gated` closes the mouth of each window it yields, pulling more audio first when the
+    activity of the window's last frames is not yet heard (features need less look-ahead)."""
+
+    def __init__(self, audio_chunks: Iterable[np.ndarray], extractor, fps: float, stats: RenderStats,
+                 vad: bool) -> None:
+        self.chunks = iter(audio_chunks)
+        self.feature_stream = extractor.stream()
+        self.stats, self.parts, self.finished, self.frames = stats, [], False, 0
+        self.vad = self.activity = self.gate = None
+        if vad:
+            from vasa3d.audio.vad import VADUnavailableError, VoiceActivityStream
+            from vasa3d.audio.visemes import SilenceGate
+
+            try:
+                self.vad = VoiceActivityStream(fps, extractor.sample_rate)
+            except VADUnavailableError as error:
+                print(f"vasa3d: {error}; the mouth is not closed in pauses", flush=True)
+            else:
+                self.activity, self.gate = np.zeros(0), SilenceGate(fps)
+
+    def pull(self) -> None:
+        """Read one audio chunk (or end the streams when there is none)."""
+        t0 = time.perf_counter()
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            part = self.feature_stream.finish()
+            self.finished = True
+        else:
+            part = self.feature_stream.push(chunk)
+        self.frames += len(part)
+        self.parts.append(part)
+        if self.vad is not None:
+            heard = self.vad.finish(self.frames) if chunk is None else self.vad.push(chunk)
+            self.activity = np.concatenate([self.activity, heard])
+        self.stats.features_s += time.perf_counter() - t0
+
+    def features(self) -> Iterator[Tensor]:
+        while self.parts or not self.finished:
+            if not self.parts:
+                self.pull()
+            yield self.parts.pop(0)
+
+    def gated(self, windows: Iterator[MotionLatent]) -> Iterator[MotionLatent]:
+        from vasa3d.audio.visemes import close_mouth_in_silence
+
+        done = 0
+        try:
+            for window in windows:
+                while len(self.activity) < done + len(window) and not self.finished:
+                    self.pull()
+                activity = self.activity[done:done + len(window)]
+                activity = np.pad(activity, (0, len(window) - len(activity)))  # frames past the audio: silence
+                yield close_mouth_in_silence(window, activity, gate=self.gate)
+                done += len(window)
+        finally:
+            if self.vad is not None:
+                self.vad.close()
 
 
 @contextmanager
