@@ -137,6 +137,14 @@ def _synthesise_block(specs: list[dict], settings: dict) -> list[list[dict]]:
     return out
 
 
+def word_list(sentence: str) -> str:
+    """``sentence`` as a list of its words, each its own sentence: "Word. Word. Word." (one word, or a
+    language written without spaces: the sentence as it is)."""
+    words = [w.strip(".,!?;:¡¿\"'«»()…،؟。、！？") for w in sentence.split()]
+    words = [w for w in words if w]
+    return ". ".join(words) + "." if len(words) > 1 else sentence
+
+
 def _pcm16(waveform: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(waveform) * 32767).clip(-32768, 32767).astype(np.int16)
 
@@ -302,6 +310,10 @@ class SpeechMotionDataModule(L.LightningDataModule):
             (``p_reverb``, ``p_noise``, ``p_babble``, ``p_telephone``, ``p_resample_8k``, ``p_gain``,
             ``p_mic_tilt``, ``p_pitch_shift``, ``p_vtlp``) and their ranges; None = no augmentation.
         augment_copies: augmented copies of each training utterance, besides the clean one.
+        word_lists: fraction of the training utterances spoken as a list of their sentence's words, each
+            its own sentence ("Word. Word. Word."), so that the model also hears words apart, with the
+            pauses and falling pitch of a word list (recorded words, dictation); languages written without
+            spaces keep their sentence. 0 = sentences only.
     """
 
     def __init__(
@@ -331,9 +343,12 @@ class SpeechMotionDataModule(L.LightningDataModule):
         variants: tuple[str, ...] = ("",),
         augment: dict[str, Any] | None = None,
         augment_copies: int = 0,
+        word_lists: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not 0.0 <= word_lists <= 1.0:
+            raise ValueError(f"SpeechMotionDataModule: word_lists={word_lists} must be a fraction in [0, 1]")
         if augment_copies < 0 or (augment_copies > 0 and not augment):
             raise ValueError(f"SpeechMotionDataModule: augment_copies={augment_copies} needs augment settings "
                              "(e.g. {p_reverb: 0.5, p_noise: 0.5}) and must be >= 0")
@@ -394,6 +409,7 @@ class SpeechMotionDataModule(L.LightningDataModule):
         languages = self._languages()
         splits = {lang: self.sentence_splits(lang) for lang in languages}
         variants = list(hp.variants) or [""]
+        word_rng = np.random.default_rng([hp.seed, 3])  # its own stream: the other draws do not move
         specs: dict[str, list[dict]] = {}
         for split in ("val", "test", "train"):
             per_language = {lang: list(rng.permutation(len(splits[lang][split]))) for lang in languages}
@@ -402,6 +418,8 @@ class SpeechMotionDataModule(L.LightningDataModule):
                 lang = languages[i % len(languages)]  # languages in turn: balanced
                 order = per_language[lang]
                 sentence = splits[lang][split][order[(i // len(languages)) % len(order)]]
+                if split == "train" and hp.word_lists > 0 and word_rng.random() < hp.word_lists:
+                    sentence = word_list(sentence)
                 voice = str(rng.choice(self._voices(lang)))
                 variant = str(rng.choice(variants))
                 items.append({"text": sentence, "language": lang or "en",

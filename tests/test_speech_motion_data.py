@@ -116,3 +116,25 @@ def test_changed_code_changes_the_cache_key(tmp_path, monkeypatch, code_module):
     assert SpeechMotionDataModule(cache_dir=str(tmp_path / "cache"), **SMALL).cache_key() == key  # stable
     edit("VERSION = 2\n")  # the code that makes the utterances changed
     assert dm.cache_key() != key
+
+
+def test_word_lists_speak_a_share_of_the_training_sentences_word_by_word(tmp_path):
+    """word_lists: that share of the training utterances becomes "Word. Word. Word." (val and test keep
+    their sentences; voices, rates and pitches are drawn as without it); bad fractions fail early."""
+    from datamodules.speech_motion import word_list
+
+    assert word_list("The quick, brown fox!") == "The. quick. brown. fox."
+    assert word_list("Привет, как дела?") == "Привет. как. дела."
+    assert word_list("你好世界。") == "你好世界。" and word_list("Hello!") == "Hello!"  # nothing to split
+    langs = ("en", "de", "ja")
+    plain = SpeechMotionDataModule(num_utterances=60, languages=langs, cache_dir=str(tmp_path)).utterance_specs()
+    lists = SpeechMotionDataModule(num_utterances=60, languages=langs, cache_dir=str(tmp_path),
+                                   word_lists=0.5).utterance_specs()
+    changed = [a["text"] != b["text"] for a, b in zip(plain["train"], lists["train"])]
+    assert 0.25 < np.mean(changed) < 0.75
+    for a, b, moved in zip(plain["train"], lists["train"], changed):
+        assert {k: v for k, v in a.items() if k != "text"} == {k: v for k, v in b.items() if k != "text"}
+        assert b["text"] == (word_list(a["text"]) if moved else a["text"])
+    assert plain["val"] == lists["val"] and plain["test"] == lists["test"]
+    with pytest.raises(ValueError, match="word_lists"):
+        SpeechMotionDataModule(word_lists=1.5, cache_dir=str(tmp_path))
