@@ -110,3 +110,31 @@ def test_motion_runs_ahead_in_order_and_errors_reach_the_consumer():
     ahead = _run_ahead(iter(range(1000)), RenderStats(), depth=1)
     assert next(ahead) == 0
     ahead.close()
+
+
+def test_the_second_window_waits_for_the_first_frame():
+    """after_first: the producer makes nothing past the first window until the event is set (the first
+    frame is out), and asking for the next window sets it, so a consumer never waits on itself."""
+    import threading
+    import time
+
+    from vasa3d.render.talking import RenderStats, _run_ahead
+
+    made = []
+
+    def windows():
+        for i in range(4):
+            made.append(i)
+            yield i
+
+    shown = threading.Event()
+    ahead = _run_ahead(windows(), RenderStats(), after_first=shown)
+    assert next(ahead) == 0
+    time.sleep(0.3)
+    assert made == [0]  # held back while the first frame renders
+    shown.set()
+    time.sleep(0.3)
+    assert made[:2] == [0, 1]
+    assert list(ahead) == [1, 2, 3]
+    never = _run_ahead(iter(range(3)), RenderStats(), after_first=threading.Event())
+    assert list(never) == [0, 1, 2]  # no frame shown: the next request releases it

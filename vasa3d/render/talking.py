@@ -190,7 +190,8 @@ class TalkingHead:
         windows = self.motion.stream(pump.features(), window=window, seed=seed, **generate_kwargs)
         if pump.activity is not None:
             windows = pump.gated(windows)
-        for window in _run_ahead(windows, stats):
+        first_shown = threading.Event()
+        for window in _run_ahead(windows, stats, after_first=first_shown):
             for i in range(len(window)):
                 if stats.frames >= total_frames:
                     break
@@ -201,6 +202,7 @@ class TalkingHead:
                 stats.frames += 1
                 if stats.first_frame_s is None:
                     stats.first_frame_s = time.perf_counter() - start
+                    first_shown.set()
                 stats.wall_s = time.perf_counter() - start
                 yield frame, stats
         # feature extraction runs inside the motion model's pull: keep the motion time net of it
@@ -282,9 +284,12 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int = 2) -> Iterator[MotionLatent]:
+def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int = 2,
+               after_first: threading.Event | None = None) -> Iterator[MotionLatent]:
     """Yield ``windows`` while a thread already generates the next ones (at most ``depth`` ahead), so
-    motion generation overlaps rendering; its time goes to ``stats.motion_s``. Errors re-raise here."""
+    motion generation overlaps rendering; its time goes to ``stats.motion_s``. Errors re-raise here.
+    With ``after_first``, the second window waits until that event is set (the first frame is out), so
+    the first frame's rendering has the cores to itself."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -300,6 +305,7 @@ def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int =
     def produce() -> None:
         # One thread for the motion model: it overlaps the renderer, which keeps the cores busy.
         torch.set_num_threads(1)
+        hold = after_first
         with torch.inference_mode():
             try:
                 item = None
@@ -308,6 +314,10 @@ def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int =
                     item = next(windows, done)
                     stats.motion_s += time.perf_counter() - t0
                     offer(item)
+                    if hold is not None:
+                        while not (hold.wait(0.1) or stop.is_set()):
+                            pass
+                        hold = None
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 offer(exc)
 
@@ -321,6 +331,8 @@ def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int =
             if isinstance(item, BaseException):
                 raise item
             yield item
+            if after_first is not None:  # the consumer wants the next window: never hold it back
+                after_first.set()
     finally:
         stop.set()
         worker.join()
