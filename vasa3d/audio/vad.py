@@ -22,6 +22,7 @@ import torch
 
 VAD_SAMPLE_RATE = 16000
 CHUNK = 512  # samples per model step at 16 kHz (32 ms)
+CHUNK_S = CHUNK / VAD_SAMPLE_RATE
 _LOCK = threading.Lock()
 _MODEL: torch.jit.ScriptModule | None = None
 _IDLE: list[torch.jit.ScriptModule] = []  # models for streams (each carries its own state), not in use
@@ -58,18 +59,24 @@ def _load_model() -> torch.jit.ScriptModule:
         return torch.jit.load(str(model_path()), map_location="cpu").eval()
 
 
-def preload() -> None:
-    """Load and warm up a model for the next :class:`VoiceActivityStream` now (about 120 ms: the load,
-    then TorchScript's first two calls, which profile and optimise the graph), so that the stream does
-    not spend that time before its first frame."""
-    with _LOCK:
-        if _IDLE:
-            return
+def _warm_model() -> torch.jit.ScriptModule:
+    """A model for a stream, loaded and through TorchScript's first two calls (they profile and optimise
+    the graph: about 80 ms), its state reset."""
     model = _load_model()
     with torch.no_grad():
         for _ in range(3):
             model(torch.zeros(1, CHUNK), VAD_SAMPLE_RATE)
     model.reset_states()
+    return model
+
+
+def preload() -> None:
+    """Ready a model for the next :class:`VoiceActivityStream` now (about 120 ms), so that the stream
+    does not spend that time before its first frame."""
+    with _LOCK:
+        if _IDLE:
+            return
+    model = _warm_model()
     with _LOCK:
         _IDLE.append(model)
 
@@ -105,17 +112,18 @@ def voice_activity(waveform: np.ndarray, sample_rate: int, fps: float, num_frame
     if num_frames < 0:
         raise ValueError(f"voice activity: num_frames must be >= 0; got {num_frames}")
     probs = chunk_probabilities(waveform, sample_rate)
-    return _frame_activity(probs, len(waveform) / sample_rate, fps, 0, num_frames)
+    cumulative = np.concatenate([[0.0], np.cumsum(probs * CHUNK_S)])
+    return _frame_activity(cumulative, 0, len(waveform) / sample_rate, fps, 0, num_frames)
 
 
-def _frame_activity(probs: np.ndarray, duration: float, fps: float, start: int, stop: int) -> np.ndarray:
-    """Activity of frames ``[start, stop)`` from the chunk probabilities ``probs`` of ``duration`` s of audio:
-    the overlap-weighted mean over each frame's span (frames past the end read 0)."""
-    chunk_s = CHUNK / VAD_SAMPLE_RATE
+def _frame_activity(cumulative: np.ndarray, first_chunk: int, duration: float, fps: float, start: int,
+                    stop: int) -> np.ndarray:
+    """Activity of frames ``[start, stop)`` of ``duration`` s of audio: the overlap-weighted mean of the
+    chunk probabilities over each frame's span (frames past the end read 0). ``cumulative[j]``: the
+    integral of the probability up to chunk edge ``first_chunk + j``; the edges must cover the frames."""
     # integral of the piecewise-constant chunk probability, sampled at the frame edges
     edges = np.arange(start, stop + 1) / fps
-    chunk_edges = np.arange(probs.size + 1) * chunk_s
-    cumulative = np.concatenate([[0.0], np.cumsum(probs * chunk_s)])
+    chunk_edges = np.arange(first_chunk, first_chunk + len(cumulative)) * CHUNK_S
     integral = np.interp(np.minimum(edges, duration), chunk_edges, cumulative)
     covered = np.diff(np.minimum(edges, duration))
     out = np.zeros(stop - start)
@@ -146,10 +154,12 @@ class VoiceActivityStream:
         self.fps = fps
         with _LOCK:
             model = _IDLE.pop() if _IDLE else None
-        self._model = model if model is not None else _load_model()
+        self._model = model if model is not None else _warm_model()
         self._model.reset_states()
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet in a whole chunk
-        self._probs: list[float] = []
+        # running integral of the chunk probabilities at each chunk edge (summed in voice_activity's
+        # order, so the frames come out bit for bit the same); only the tail is read
+        self._cumulative: list[float] = [0.0]
         self._samples = 0
         self._frames = 0  # frames returned so far
 
@@ -163,7 +173,7 @@ class VoiceActivityStream:
         whole = self._pending.size // CHUNK * CHUNK
         self._run(self._pending[:whole])
         self._pending = self._pending[whole:]
-        heard = len(self._probs) * CHUNK / VAD_SAMPLE_RATE  # seconds the probabilities cover
+        heard = (len(self._cumulative) - 1) * CHUNK_S  # seconds the probabilities cover
         done = int(np.floor(heard * self.fps))  # frames whose whole span is covered (rounding: later, never early)
         return self._emit(done, np.inf)
 
@@ -192,8 +202,12 @@ class VoiceActivityStream:
         if samples.size:
             with torch.no_grad():
                 chunks = torch.from_numpy(np.ascontiguousarray(samples)).reshape(-1, CHUNK)
-                self._probs += [float(self._model(chunk[None], VAD_SAMPLE_RATE)) for chunk in chunks]
+                for chunk in chunks:
+                    prob = float(self._model(chunk[None], VAD_SAMPLE_RATE))
+                    self._cumulative.append(self._cumulative[-1] + prob * CHUNK_S)
 
     def _emit(self, stop: int, duration: float) -> np.ndarray:
         start, self._frames = self._frames, max(self._frames, stop)
-        return _frame_activity(np.asarray(self._probs, dtype=np.float64), duration, self.fps, start, self._frames)
+        first = max(int(start / self.fps / CHUNK_S) - 1, 0)  # the chunk edge at or before the first frame's start
+        first = min(first, len(self._cumulative) - 1)
+        return _frame_activity(np.asarray(self._cumulative[first:]), first, duration, self.fps, start, self._frames)

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,10 +106,10 @@ class TalkingHead:
             features = motion.feature_extractor()
             from vasa3d.audio.vad import VADUnavailableError, preload
 
-            try:  # the online loop's voice activity model, loaded now rather than before its first frame
+            # the online loop's voice activity model, readied now rather than before its first frame; without
+            # silero-vad, a stream says so when it asks for one
+            with suppress(VADUnavailableError):
                 preload()
-            except VADUnavailableError:
-                pass  # said when a stream asks for it
         return cls(avatar, motion, features)
 
     # ------------------------------------------------------------ pieces
