@@ -15,8 +15,9 @@ with the audio. Columns:
   probability 0.5), in standard deviations of the opening;
 - ``face_rate``: frames where mediapipe finds the face;
 - rows per recorded set: the diffusion model's raw output; the same with voice activity shutting the mouth
-  where silero-vad hears no one (``VAD_ROW``: what ``vasa3d render`` does by default, offline and online);
-  the energy→jaw baseline;
+  where silero-vad hears no one (``MODEL_VAD_ROW``); with, before that, the energy baseline's jaw blended
+  in (``Audio2Motion.energy_jaw``; ``VAD_ROW``: what ``vasa3d render`` does by default, offline and
+  online); the energy→jaw baseline;
 - ``phone_ref_corr`` / ``phone_ref_lag`` (recorded English only): correlation (peak within +-5
   frames) of the rendered opening with the opening of a reference motion built from the phones
   pocketsphinx recognises (``vasa3d.audio.phones.phone_motion``);
@@ -56,7 +57,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
-VAD_ROW = "diffusion + voice activity"  # the shipped pipeline's row
+VAD_ROW = "diffusion + energy jaw + voice activity"  # the shipped pipeline's row
+MODEL_VAD_ROW = "diffusion + voice activity"  # the model's own jaw (energy_jaw 0), gated
+SHIPPED_COLUMN = "diffusion + energy jaw"
 MAX_LAG = 5
 NOISE_FLOOR_DBFS = -65.0
 KTUBERLING = "ktuberling-data/usr/share/ktuberling/sounds"
@@ -330,10 +333,11 @@ def evaluate(args) -> tuple[dict, dict, dict]:
     pause = tuple(args.pause)
     recorded = recorded_sets(args.data, args.languages, args.words, pause, args.seed,
                              args.continuous_en if not args.no_continuous else 0)
-    generators = {"diffusion": lambda a, s: motion.generate(a, seed=s),
+    generators = {"diffusion": lambda a, s: motion.generate(a, seed=s, energy_jaw=0.0),
+                  SHIPPED_COLUMN: lambda a, s: motion.generate(a, seed=s),
                   "energy→jaw baseline": lambda a, s: motion.energy.generate(a, seed=s)}
     if regression is not None:
-        generators["regression baseline"] = lambda a, s: regression.generate(a, seed=s)
+        generators["regression baseline"] = lambda a, s: regression.generate(a, seed=s, energy_jaw=0.0)
     rows: dict[str, dict] = {}
 
     def figures(latents, material: Material, label: str) -> dict:
@@ -369,12 +373,13 @@ def evaluate(args) -> tuple[dict, dict, dict]:
             phones = recognize_phones(material.waveform, SAMPLE_RATE)
             reference = latent_opening(phone_motion(material.waveform, SAMPLE_RATE, fps, len(feats), phones=phones,
                                                     dim=dim)).numpy()
-        for model_name in ("diffusion", VAD_ROW, "energy→jaw baseline"):
+        for model_name in ("diffusion", MODEL_VAD_ROW, VAD_ROW, "energy→jaw baseline"):
             start = time.perf_counter()
             with torch.no_grad():
-                if model_name == VAD_ROW:  # what `vasa3d render` does: the mouth shut where silero-vad hears no one
+                if model_name in (VAD_ROW, MODEL_VAD_ROW):  # VAD_ROW: what `vasa3d render` does
                     activity = voice_activity(material.waveform, SAMPLE_RATE, fps, len(feats))
-                    latents = motion.generate(feats, seed=args.seed, voice_activity=activity)
+                    latents = motion.generate(feats, seed=args.seed, voice_activity=activity,
+                                              energy_jaw=0.0 if model_name == MODEL_VAD_ROW else None)
                 else:
                     latents = generators[model_name](feats, args.seed)
             label = f"{set_name} (recorded) · {model_name}"

@@ -8,6 +8,7 @@ audio does not explain, so only the previous-window prefix can make consecutive 
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -256,6 +257,36 @@ def test_lightning_fit_and_checkpoint_round_trip(tmp_path, model_type):
     table = loaded.heldout_metrics([{"audio": audio, "latent": ref}], seeds=2)
     assert set(table) == {"model", "energy_baseline"}
     assert table["energy_baseline"]["lipsync_corr"] > 0.9
+
+
+def test_the_energy_jaw_is_blended_into_the_jaw_alone_before_the_gate(tmp_path):
+    """``energy_jaw`` w moves jaw_open to (1 - w) model + w baseline and leaves every other channel; 0 is the
+    model alone; the silence gate comes after, so a silent frame is shut whatever the blend; checkpoints
+    without the key (older ones) load with the default, and a weight outside [0, 1] is refused."""
+    torch.manual_seed(0)
+    system = Audio2Motion(latent_dim=D, audio_dim=F, energy_channel=0, num_timesteps=20, sample_steps=4, **TINY)
+    system.fit_statistics([torch.utils.data.default_collate([Windows(range(6), 40)[i] for i in range(8)])])
+    system.eval()
+    audio, _ = utterance(500, frames=40)
+    alone, half = system.generate(audio, seed=3, energy_jaw=0.0), system.generate(audio, seed=3)
+    assert system.hparams.energy_jaw == 0.5
+    baseline = system.energy.jaw(audio)
+    torch.testing.assert_close(half.dyn[:, 0], 0.5 * alone.dyn[:, 0] + 0.5 * baseline)
+    assert torch.equal(half.dyn[:, 1:], alone.dyn[:, 1:]) and torch.equal(half.pose, alone.pose)
+    full = system.generate(audio, seed=3, energy_jaw=1.0)
+    torch.testing.assert_close(full.dyn[:, 0], baseline)
+    activity = np.r_[np.ones(20), np.zeros(20)]
+    gated = system.generate(audio, seed=3, voice_activity=activity, energy_jaw=1.0)
+    assert gated.dyn[30:, 0].abs().max() < 1e-6 < gated.dyn[:20, 0].abs().min()  # shut in the silence
+    with pytest.raises(ValueError, match="energy_jaw"):
+        Audio2Motion(latent_dim=D, audio_dim=F, energy_jaw=1.5)
+    with pytest.raises(ValueError, match="weight"):
+        system.generate(audio, energy_jaw=-0.1)
+    old = {k: v for k, v in system.hparams.items() if k != "energy_jaw"}
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": old,
+                "pytorch-lightning_version": L.__version__}, tmp_path / "old.ckpt")
+    loaded = Audio2Motion.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    torch.testing.assert_close(loaded.generate(audio, seed=3).dyn, half.dyn)
 
 
 def test_a_one_frame_tail_window_is_generated(untrained):

@@ -122,11 +122,14 @@ def test_latent_only_run_writes_every_row(data, tmp_path, monkeypatch):
     rows, heldout, info = real_speech.evaluate(args)
     assert set(info["material"]) == {"en words", "de words", "en prompts"}
     assert info["packages"][0]["licence"] == "GPL-2+"
-    assert list(rows)[:4] == ["en words (recorded) · diffusion", "en words (recorded) · diffusion + voice activity",
+    assert list(rows)[:5] == ["en words (recorded) · diffusion", "en words (recorded) · diffusion + voice activity",
+                              "en words (recorded) · diffusion + energy jaw + voice activity",
                               "en words (recorded) · energy→jaw baseline", "en espeak words · phoneme reference (ceiling)"]
     for words in ("en words", "de words"):  # silero-vad gates the mouth in the pauses: other figures
         gated, raw = rows[f"{words} (recorded) · diffusion + voice activity"], rows[f"{words} (recorded) · diffusion"]
         assert gated["open_gap_std"] != raw["open_gap_std"]
+        shipped = rows[f"{words} (recorded) · diffusion + energy jaw + voice activity"]
+        assert shipped["peak_corr"] != gated["peak_corr"]  # the energy baseline's jaw is blended in
     energy = rows["en words (recorded) · energy→jaw baseline"]
     assert energy["peak_corr"] > 0.5 and energy["lag_frames"] == 0  # jaw = affine(log energy): in sync
     assert isinstance(energy["face_rate"], MetricResult) and not energy["face_rate"].measured
@@ -135,6 +138,8 @@ def test_latent_only_run_writes_every_row(data, tmp_path, monkeypatch):
     ceiling = rows["de espeak words · phoneme reference (ceiling)"]
     assert ceiling["peak_corr"] > 0.5 and ceiling["open_gap_std"] > 1.0
     assert set(heldout) == {"en", "de"} and heldout["en"]["energy→jaw baseline"] > 0.3
+    assert set(heldout["en"]) == {"diffusion", "diffusion + energy jaw", "energy→jaw baseline", "regression baseline"}
+    assert heldout["en"]["diffusion + energy jaw"] != heldout["en"]["diffusion"]
     assert not heldout["en"]["regression baseline"].measured
     assert "en prompts (recorded) · diffusion" in rows
 
@@ -160,7 +165,7 @@ def test_main_writes_both_tables_with_the_command(data, tmp_path, monkeypatch):
     assert meta["command"].startswith("python benchmarks/real_speech.py --data ")
     assert "ktuberling-data" in meta["notes"] and set(rows) == {
         "de words (recorded) · diffusion", "de words (recorded) · diffusion + voice activity",
-        "de words (recorded) · energy→jaw baseline",
+        "de words (recorded) · diffusion + energy jaw + voice activity", "de words (recorded) · energy→jaw baseline",
         "de espeak words · phoneme reference (ceiling)"}
     heldout, _ = read_table(next(tmp_path.glob("*-real_speech_heldout.json")))
     assert set(heldout) == {"de"} and heldout["de"]["energy→jaw baseline lipsync_corr"].measured

@@ -85,9 +85,11 @@ def test_clear_errors(checkpoints, tmp_path, capsys):
     assert main(["render", "--avatar", str(folder / "avatar.ckpt"), "--out", str(tmp_path / "x.mp4")]) == 2
     assert main(["render", "--avatar", str(tmp_path / "missing.ckpt"), "--motion", str(folder / "motion.ckpt"),
                  "--audio", str(folder / "speech.wav"), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert main(["render", "--avatar", str(folder / "avatar.ckpt"), "--motion", str(folder / "motion.ckpt"),
+                 "--audio", str(folder / "speech.wav"), "--energy-jaw", "1.5", "--out", str(tmp_path / "x.mp4")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
-    assert "--audio" in lines[0] and "no such checkpoint" in lines[1]
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+    assert "--audio" in lines[0] and "no such checkpoint" in lines[1] and "--energy-jaw 1.5" in lines[2]
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -122,6 +124,8 @@ def test_online_closes_the_mouth_in_pauses_as_offline_does(checkpoints, window):
     gated, open_ = online(True), online(False)
     assert len(gated) == len(offline) == len(features)
     torch.testing.assert_close(gated.dyn, offline.dyn, atol=1e-5, rtol=0)
+    model_jaw = head.motion.generate(features, seed=0, window=window, voice_activity=activity, energy_jaw=0.0)
+    assert (gated.dyn[:, 0] - model_jaw.dyn[:, 0]).abs().max() > 1e-3  # the energy jaw is blended in, online too
     quiet = activity < 0.05
     pause = torch.from_numpy(np.convolve(quiet, np.ones(10), mode="full")[:len(quiet)] == 10)  # and the 9 before
     assert pause.sum() > 10

@@ -97,10 +97,16 @@ class EnergyJaw(nn.Module):
         return self
 
     @torch.no_grad()
+    def jaw(self, audio_features: Tensor) -> Tensor:
+        """The baseline's ``jaw_open [T]`` for audio features ``[T, F]``: frame by frame, so a stream of
+        chunks gets what the whole clip would."""
+        return self.coef[0] * audio_features[:, self.energy_channel].to(self.coef) + self.coef[1]
+
+    @torch.no_grad()
     def generate(self, audio_features: Tensor, fps: float | None = None, seed: int = 0, **kwargs) -> MotionLatent:
         """``MotionLatent [T]`` from audio features ``[T, F]``; deterministic (seed and other options unused)."""
         T = audio_features.shape[0]
         dyn = self.mean_dyn.expand(T, -1).clone()
-        dyn[:, self.jaw_channel] = self.coef[0] * audio_features[:, self.energy_channel].to(dyn) + self.coef[1]
+        dyn[:, self.jaw_channel] = self.jaw(audio_features).to(dyn)
         return MotionLatent(dyn, self.mean_pose.expand(T, -1).clone(),
                             self.mean_gaze.expand(T, -1).clone() if self.with_gaze else None)

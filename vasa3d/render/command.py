@@ -36,6 +36,8 @@ def render_command(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the motion sampler")
     parser.add_argument("--cfg-audio", type=float, help="audio guidance scale (default: the model's)")
     parser.add_argument("--cfg-control", type=float, help="control guidance scale (default: the model's)")
+    parser.add_argument("--energy-jaw", type=float, metavar="W", help="weight of the energy baseline's jaw blended "
+                        "into the model's, in [0, 1] (default: the model's energy_jaw, 0.5; 0: the model alone)")
     parser.add_argument("--online", action="store_true", help="stream: audio in chunks, motion window by window")
     parser.add_argument("--chunk-ms", type=float, default=200.0, help="audio chunk length in online mode")
     parser.add_argument("--window", type=int, help="frames of motion generated at a time (default: the model's "
@@ -47,6 +49,8 @@ def render_command(argv: Sequence[str]) -> int:
     if args.latents is None and args.audio is None:
         parser.error("give --audio (speech-driven, with --motion or the shipped model), or --latents "
                      "(with optional --audio)")
+    if args.energy_jaw is not None and not 0.0 <= args.energy_jaw <= 1.0:
+        parser.error(f"--energy-jaw {args.energy_jaw}: give a weight in [0, 1]")
     if args.size is not None and (args.size < 16 or args.size % 2):
         parser.error(f"--size {args.size}: use an even size of at least 16 px")
 
@@ -67,6 +71,8 @@ def render_command(argv: Sequence[str]) -> int:
             parser.error(f"{motion_path}: no such motion checkpoint")
         print(f"using the {describe_motion_model(motion_path)}")
     head = TalkingHead.from_checkpoints(args.avatar, motion_path)
+    if head.motion is not None and args.energy_jaw is not None:
+        head.motion.hparams.energy_jaw = args.energy_jaw  # read by generate, offline and online
     size = args.size or head.native_size
     writer = BackgroundWriter(Mp4Writer(args.out, head.fps))  # encodes while the next frames render
     guidance = {k: v for k, v in (("cfg_audio", args.cfg_audio), ("cfg_control", args.cfg_control)) if v is not None}

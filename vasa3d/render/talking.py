@@ -188,6 +188,7 @@ class TalkingHead:
         start = time.perf_counter()
         pump = _AudioPump(audio_chunks, self.features, self.fps, stats, vad)
         windows = self.motion.stream(pump.features(), window=window, seed=seed, **generate_kwargs)
+        windows = pump.blended(windows, self.motion)
         if pump.activity is not None:
             windows = pump.gated(windows)
         first_shown = threading.Event()
@@ -221,6 +222,7 @@ class _AudioPump:
         self.chunks = iter(audio_chunks)
         self.feature_stream = extractor.stream()
         self.stats, self.parts, self.finished, self.frames = stats, [], False, 0
+        self.recent: list[Tensor] = []  # features not yet blended into a window (:meth:`blended`)
         self.vad = self.activity = self.gate = None
         if vad:
             from vasa3d.audio.vad import VADUnavailableError, VoiceActivityStream
@@ -244,6 +246,7 @@ class _AudioPump:
             part = self.feature_stream.push(chunk)
         self.frames += len(part)
         self.parts.append(part)
+        self.recent.append(part)
         if self.vad is not None:
             heard = self.vad.finish(self.frames) if chunk is None else self.vad.push(chunk)
             self.activity = np.concatenate([self.activity, heard])
@@ -254,6 +257,21 @@ class _AudioPump:
             if not self.parts:
                 self.pull()
             yield self.parts.pop(0)
+
+    def blended(self, windows: Iterator[MotionLatent], motion) -> Iterator[MotionLatent]:
+        """Each window with the energy baseline's jaw blended in (``Audio2Motion.blend_energy_jaw``), from
+        the features of its own frames, as the offline path does before the silence gate."""
+        for window in windows:
+            while sum(map(len, self.recent)) < len(window) and not self.finished:
+                self.pull()
+            features = torch.cat(self.recent) if self.recent else torch.zeros(0, 0)
+            own, rest = features[:len(window)], features[len(window):]
+            self.recent = [rest] if len(rest) else []
+            if len(own) < len(window):  # frames past the audio keep the model's jaw
+                yield MotionLatent.cat([motion.blend_energy_jaw(window[:len(own)], own), window[len(own):]]) \
+                    if len(own) else window
+            else:
+                yield motion.blend_energy_jaw(window, own)
 
     def gated(self, windows: Iterator[MotionLatent]) -> Iterator[MotionLatent]:
         from vasa3d.audio.visemes import close_mouth_in_silence

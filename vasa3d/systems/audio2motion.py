@@ -65,6 +65,11 @@ class Audio2Motion(L.LightningModule):
             so long audio keeps the head centred).
         pose_limit: soft limit of the generated pose, in training std (None = none).
         motion_limit: soft limit of the other generated channels, in training std (None = none).
+        energy_jaw: weight of the energy-to-jaw baseline in the generated ``jaw_open``, before the silence
+            gate: ``(1 - w) * model + w * baseline`` (0 = the model alone). A hedge against voices unlike
+            the training speech: loudness relative to the speech level reads the same on any recording,
+            where the model's jaw fades (``benchmarks/real_speech.py``). Inference only: training ignores
+            it. ``benchmarks/energy_jaw.py`` measures it on synthetic held-out speech.
         feature_config: the audio feature extractor's settings (``AudioFeatureExtractor.config()``);
             None takes the datamodule's, and the checkpoint keeps them so inference extracts the same features.
     """
@@ -104,10 +109,13 @@ class Audio2Motion(L.LightningModule):
         pose_control: bool = False,
         pose_limit: float | None = 2.5,
         motion_limit: float | None = 4.0,
+        energy_jaw: float = 0.5,
     ) -> None:
         super().__init__()
         if model_type not in ("diffusion", "regression"):
             raise ValueError(f"model_type={model_type!r}: use 'diffusion' or 'regression'")
+        if not 0.0 <= energy_jaw <= 1.0:
+            raise ValueError(f"Audio2Motion: energy_jaw={energy_jaw} must be a weight in [0, 1]")
         self.save_hyperparameters()
         self.model: WindowedMotionModel | None = None
         self.energy: EnergyJaw | None = None
@@ -195,19 +203,39 @@ class Audio2Motion(L.LightningModule):
 
     def generate(self, audio_features: Tensor, fps: float | None = None, window: int | None = None,
                  prev: int | None = None, seed: int = 0, cfg_audio: float | None = None,
-                 cfg_control: float | None = None, voice_activity=None, **kwargs) -> MotionLatent:
+                 cfg_control: float | None = None, voice_activity=None, energy_jaw: float | None = None,
+                 **kwargs) -> MotionLatent:
         """``MotionLatent [T]`` for audio features ``[T, F]``; see ``WindowedMotionModel.stream`` for options.
 
         ``voice_activity [T]`` in [0, 1] (``vasa3d.audio.vad.voice_activity`` of the same audio) closes the
-        mouth where nobody speaks (``vasa3d.audio.visemes.close_mouth_in_silence``).
+        mouth where nobody speaks (``vasa3d.audio.visemes.close_mouth_in_silence``), after the energy
+        baseline's jaw is blended in (:meth:`blend_energy_jaw`; ``energy_jaw`` overrides the weight).
         """
         latent = MotionLatent.cat(list(self.stream([audio_features], window, prev, seed, cfg_audio, cfg_control,
                                                    fps=fps, **kwargs)))
+        latent = self.blend_energy_jaw(latent, audio_features, energy_jaw)
         if voice_activity is not None:
             from vasa3d.audio.visemes import close_mouth_in_silence
 
             latent = close_mouth_in_silence(latent, voice_activity, self.hparams.fps)
         return latent
+
+    def blend_energy_jaw(self, latent: MotionLatent, audio_features: Tensor, weight: float | None = None) -> MotionLatent:
+        """``latent [T]`` with its ``jaw_open`` moved toward the energy baseline's for the same audio features
+        ``[T, F]``: ``(1 - w) * jaw + w * baseline``, ``w`` = ``weight`` or ``hparams.energy_jaw``. Frame by
+        frame, so the online loop applies it window by window with the same result."""
+        weight = float(self.hparams.get("energy_jaw", 0.0) if weight is None else weight)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"blend_energy_jaw: weight {weight} must be in [0, 1]")
+        if weight == 0.0:
+            return latent
+        if len(audio_features) != len(latent):
+            raise ValueError(f"blend_energy_jaw: {len(audio_features)} feature frames for a latent of {len(latent)}")
+        dyn = latent.dyn.clone()
+        channel = self.energy.jaw_channel
+        baseline = self.energy.jaw(audio_features.to(self.energy.coef.device)).to(dyn)
+        dyn[:, channel] = (1.0 - weight) * dyn[:, channel] + weight * baseline
+        return MotionLatent(dyn, latent.pose, latent.gaze, latent.blink)
 
     def stream(self, feature_chunks, window: int | None = None, prev: int | None = None, seed: int = 0,
                cfg_audio: float | None = None, cfg_control: float | None = None, fps: float | None = None,
