@@ -5,8 +5,8 @@ A fitted run (``--run``, a run folder or checkpoint of ``SubjectFitting``) is lo
 steps on batches of the data that ``--config`` describes (its cached teacher clips): the loss terms, the
 backward and an Adam step over every parameter, as ``SubjectFitting.training_step`` does without
 densification and logging. Then ``torch.profiler`` records ``--profile-steps`` more steps, and the self CPU
-time of every op is summed by kind: the compiled compositor, projection and binning, matrix products (the
-residual MLP), convolutions (SSIM) and the remaining torch ops, with their count per step.
+time of every op is summed by kind: the compiled compositor, the compiled mesh binding, projection and binning,
+matrix products (the residual MLP), convolutions (SSIM) and the remaining torch ops, with their count per step.
 
 Run:  python benchmarks/train_step.py --run outputs/fit_subject/astronaut [--config experiments/fit_subject.yaml]
 Writes benchmarks/results/<date>-train_step.{md,csv,json}. Run it alone: it times the CPU.
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = (  # (row, op-name prefixes), first match wins; everything else is "other torch ops"
     ("compositing forward", ("vasa3d_composite::forward", "vasa3d_composite::render_forward")),
     ("compositing backward", ("vasa3d_composite::backward",)),
+    ("mesh binding (bind_forward/backward)", ("vasa3d_composite::bind_forward", "vasa3d_composite::bind_backward")),
     ("projection and binning", ("vasa3d_composite::",)),
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
     ("convolutions", ("aten::convolution", "aten::mkldnn_convolution", "aten::_convolution")),

@@ -206,8 +206,8 @@ class GaussianAvatar(nn.Module):
             means, log_scales = means + res["means"], log_scales + res["scales"]
             opacities, colors = opacities + res["opacities"][:, 0], colors + res["colors"]
         frames = triangle_frames(frame.posed[index], self.head.faces)
-        world, quats, scales = bind_to_world(means, splats["quats"], torch.exp(log_scales), self.head.binding, frames)
-        anchors = local_to_world_points(means * means.new_tensor([1.0, 1.0, 0.0]), self.head.binding, frames)
+        world, quats, scales, anchors = bind_to_world(means, splats["quats"], torch.exp(log_scales), self.head.binding,
+                                                      frames, anchors=True)
         return {"means": world, "quats": quats, "scales": scales, "opacities": torch.sigmoid(opacities),
                 "colors": torch.sigmoid(colors), "anchors": anchors}
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from vasa3d.gaussians.projection import rotmat_to_quat
 
@@ -66,13 +67,63 @@ def bind_to_world(
     local_scales: Tensor,  # [N, 3] activated, in units of the parent triangle's scale
     binding: Tensor,  # [N] int64 parent triangle ids
     frames: TriangleFrames,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """World means ``[N, 3]``, quats ``[N, 4]`` and scales ``[N, 3]`` of bound Gaussians."""
-    rot = take(frames.rotations, binding)
+    anchors: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, ...]:
+    """World means ``[N, 3]``, quats ``[N, 4]`` and scales ``[N, 3]`` of bound Gaussians; with ``anchors``, also
+    each mean's foot on its triangle's plane (``local_to_world_points`` of the mean with z = 0), ``[N, 3]``.
+
+    ``backend="auto"``: on the CPU, when the compiled kernels are built, the per-Gaussian half runs as one
+    compiled pass with a hand-written backward (``bind_forward``/``bind_backward`` of ``csrc/avatar.cpp``);
+    the per-triangle half (each triangle's quaternion) stays in torch. ``"torch"``: the reference, op by op.
+    """
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"bind_to_world: backend={backend!r}: use 'auto' or 'torch'")
+    quats = F.normalize(local_quats, dim=-1)
+    if backend == "auto" and _compiled_binding(local_means, frames):
+        out = _BindGaussians.apply(frames.rotations, frames.scales, frames.centroids, rotmat_to_quat(frames.rotations),
+                                   binding, local_means, quats, local_scales, anchors)
+        return out if anchors else out[:3]
     k = take(frames.scales, binding)[:, None]
     means = local_to_world_points(local_means, binding, frames)
-    quats = quat_multiply(rotmat_to_quat(rot), F.normalize(local_quats, dim=-1))
-    return means, quats, k * local_scales
+    # one conversion per triangle, then gathered: the same values as converting each Gaussian's copy
+    out = (means, quat_multiply(take(rotmat_to_quat(frames.rotations), binding), quats), k * local_scales)
+    if anchors:
+        out += (local_to_world_points(local_means * local_means.new_tensor([1.0, 1.0, 0.0]), binding, frames),)
+    return out
+
+
+def _compiled_binding(local_means: Tensor, frames: TriangleFrames) -> bool:
+    if local_means.device.type != "cpu" or local_means.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.dtype != local_means.dtype for t in frames):
+        return False
+    from vasa3d.gaussians import composite_cpp
+
+    return composite_cpp.is_available()
+
+
+class _BindGaussians(torch.autograd.Function):
+    """The per-Gaussian half of :func:`bind_to_world` as one compiled pass, with its hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, rotations, frame_scales, centroids, frame_quats, binding, means, quats, scales, anchors):
+        inputs = (rotations, frame_scales, centroids, frame_quats, binding, means, quats, scales)
+        ctx.save_for_backward(*inputs)
+        ctx.anchors = anchors
+        outs = torch.ops.vasa3d_composite.bind_forward(*inputs, anchors)
+        if not anchors:
+            ctx.mark_non_differentiable(outs[3])
+        return tuple(outs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_means, v_quats, v_scales, v_anchors):
+        empty = ctx.saved_tensors[5].new_zeros(0)
+        grads = [empty if g is None else g for g in (v_means, v_quats, v_scales)]
+        grads.append(empty if v_anchors is None or not ctx.anchors else v_anchors)
+        out = torch.ops.vasa3d_composite.bind_backward(*ctx.saved_tensors, *grads)
+        return (*out[:4], None, *out[4:], None)
 
 
 def local_to_world_points(points: Tensor, binding: Tensor, frames: TriangleFrames) -> Tensor:

@@ -9,10 +9,19 @@
 //   residual_forward(per_gaussian [N,H], hidden_bias [B,H], weight [O,H], bias [O])
 //     -> [B,N,O] = silu(per_gaussian + hidden_bias[b]) @ weight^T + bias (float32): the per-frame half
 //        of a one-hidden-layer ResidualDeformer, without its [B,N,H] intermediates
+//   bind_forward(rotations [F,3,3], frame_scales [F], centroids [F,3], frame_quats [F,4], binding [N],
+//                means [N,3], quats [N,4] (normalised), scales [N,3] (activated), anchors)
+//     -> world means [N,3], quats [N,4], scales [N,3], anchors [N,3] (or [0] without anchors): the
+//        per-Gaussian half of binding.bind_to_world for training (the per-triangle half, F rows, stays
+//        in torch), float32 or float64
+//   bind_backward(the same inputs, v_means, v_quats, v_scales, v_anchors (each may be empty: zero))
+//     -> v_rotations, v_frame_scales, v_centroids, v_frame_quats, v_means, v_quats, v_scales; the
+//        per-triangle sums run over each triangle's Gaussians in index order (any thread count: same bits)
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -190,6 +199,172 @@ at::Tensor residual_forward(const at::Tensor& per_gaussian_in, const at::Tensor&
   return out;
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// Training: the per-Gaussian half of bind_to_world, forward and backward.
+
+struct BindInputs {
+  at::Tensor rot, k, cen, fq, binding, means, quats, scales;
+  int64_t n, nf;
+};
+
+BindInputs check_bind_inputs(const char* op, const at::Tensor& rotations, const at::Tensor& frame_scales,
+                             const at::Tensor& centroids, const at::Tensor& frame_quats, const at::Tensor& binding,
+                             const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales) {
+  const int64_t nf = rotations.size(0), n = means.size(0);
+  TORCH_CHECK(rotations.dim() == 3 && rotations.size(1) == 3 && rotations.size(2) == 3 &&
+              frame_scales.sizes() == at::IntArrayRef({nf}) && centroids.sizes() == at::IntArrayRef({nf, 3}) &&
+              frame_quats.sizes() == at::IntArrayRef({nf, 4}) && binding.sizes() == at::IntArrayRef({n}) &&
+              means.sizes() == at::IntArrayRef({n, 3}) && quats.sizes() == at::IntArrayRef({n, 4}) &&
+              scales.sizes() == at::IntArrayRef({n, 3}),
+              op, ": rotations [F,3,3], frame_scales [F], centroids [F,3], frame_quats [F,4], binding [N], "
+              "means [N,3], quats [N,4], scales [N,3] expected");
+  const auto dtype = means.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": float32 or float64 expected");
+  for (const at::Tensor* t : {&rotations, &frame_scales, &centroids, &frame_quats, &binding, &means, &quats, &scales})
+    TORCH_CHECK(t->device().is_cpu(), op, ": CPU tensors expected");
+  const auto cast = [&](const at::Tensor& t) { return t.to(dtype).contiguous(); };
+  BindInputs in{cast(rotations), cast(frame_scales), cast(centroids), cast(frame_quats), binding.to(at::kLong).contiguous(),
+                cast(means), cast(quats), cast(scales), n, nf};
+  const int64_t* bi = in.binding.data_ptr<int64_t>();
+  for (int64_t g = 0; g < n; ++g) TORCH_CHECK(bi[g] >= 0 && bi[g] < nf, op, ": binding out of range");
+  return in;
+}
+
+std::vector<at::Tensor> bind_forward(const at::Tensor& rotations, const at::Tensor& frame_scales,
+                                     const at::Tensor& centroids, const at::Tensor& frame_quats,
+                                     const at::Tensor& binding, const at::Tensor& means, const at::Tensor& quats,
+                                     const at::Tensor& scales, bool anchors) {
+  const BindInputs in = check_bind_inputs("bind_forward", rotations, frame_scales, centroids, frame_quats, binding,
+                                          means, quats, scales);
+  const int64_t n = in.n;
+  const auto opts = in.means.options();
+  at::Tensor out_m = at::empty({n, 3}, opts), out_q = at::empty({n, 4}, opts), out_s = at::empty({n, 3}, opts);
+  at::Tensor out_a = at::empty({anchors ? n : 0, anchors ? 3 : 0}, opts);
+  auto run = [&](auto zero) {
+    using S = decltype(zero);
+    const S *R0 = in.rot.data_ptr<S>(), *kp = in.k.data_ptr<S>(), *cp = in.cen.data_ptr<S>(), *fq = in.fq.data_ptr<S>();
+    const S *mp = in.means.data_ptr<S>(), *qp = in.quats.data_ptr<S>(), *sp = in.scales.data_ptr<S>();
+    const int64_t* bi = in.binding.data_ptr<int64_t>();
+    S *om = out_m.data_ptr<S>(), *oq = out_q.data_ptr<S>(), *os = out_s.data_ptr<S>();
+    S* oa = anchors ? out_a.data_ptr<S>() : nullptr;
+    at::parallel_for(0, n, kSerialBelow, [&](int64_t lo, int64_t hi) {
+      for (int64_t g = lo; g < hi; ++g) {
+        const int64_t f = bi[g];
+        const S *R = R0 + 9 * f, *c = cp + 3 * f, kf = kp[f];
+        const S lm[3] = {kf * mp[3 * g], kf * mp[3 * g + 1], kf * mp[3 * g + 2]};
+        for (int i = 0; i < 3; ++i) {
+          om[3 * g + i] = R[3 * i] * lm[0] + R[3 * i + 1] * lm[1] + R[3 * i + 2] * lm[2] + c[i];
+          if (oa) oa[3 * g + i] = R[3 * i] * lm[0] + R[3 * i + 1] * lm[1] + c[i];
+          os[3 * g + i] = kf * sp[3 * g + i];
+        }
+        const S *a = fq + 4 * f, *b = qp + 4 * g;
+        oq[4 * g] = a[0] * b[0] - a[1] * b[1] - a[2] * b[2] - a[3] * b[3];
+        oq[4 * g + 1] = a[0] * b[1] + a[1] * b[0] + a[2] * b[3] - a[3] * b[2];
+        oq[4 * g + 2] = a[0] * b[2] - a[1] * b[3] + a[2] * b[0] + a[3] * b[1];
+        oq[4 * g + 3] = a[0] * b[3] + a[1] * b[2] - a[2] * b[1] + a[3] * b[0];
+      }
+    });
+  };
+  if (in.means.scalar_type() == at::kFloat) run(0.0f); else run(0.0);
+  return {out_m, out_q, out_s, out_a};
+}
+
+std::vector<at::Tensor> bind_backward(const at::Tensor& rotations, const at::Tensor& frame_scales,
+                                      const at::Tensor& centroids, const at::Tensor& frame_quats,
+                                      const at::Tensor& binding, const at::Tensor& means, const at::Tensor& quats,
+                                      const at::Tensor& scales, const at::Tensor& v_means_in,
+                                      const at::Tensor& v_quats_in, const at::Tensor& v_scales_in,
+                                      const at::Tensor& v_anchors_in) {
+  const BindInputs in = check_bind_inputs("bind_backward", rotations, frame_scales, centroids, frame_quats, binding,
+                                          means, quats, scales);
+  const int64_t n = in.n, nf = in.nf;
+  const auto dtype = in.means.scalar_type();
+  const auto grad = [&](const at::Tensor& t, int64_t width, const char* name) {
+    if (t.numel() == 0) return t;
+    TORCH_CHECK(t.sizes() == at::IntArrayRef({n, width}), "bind_backward: ", name, " must be [N, ", width, "] or empty");
+    return t.to(dtype).contiguous();
+  };
+  const at::Tensor vm = grad(v_means_in, 3, "v_means"), vq = grad(v_quats_in, 4, "v_quats"),
+                   vs = grad(v_scales_in, 3, "v_scales"), va = grad(v_anchors_in, 3, "v_anchors");
+  const auto opts = in.means.options();
+  at::Tensor g_rot = at::zeros({nf, 3, 3}, opts), g_k = at::zeros({nf}, opts), g_cen = at::zeros({nf, 3}, opts);
+  at::Tensor g_fq = at::zeros({nf, 4}, opts);
+  at::Tensor g_m = at::empty({n, 3}, opts), g_q = at::empty({n, 4}, opts), g_s = at::empty({n, 3}, opts);
+  // Each triangle's Gaussians in index order (a stable counting sort), for per-triangle sums in a fixed order.
+  const int64_t* bi = in.binding.data_ptr<int64_t>();
+  std::vector<int64_t> start(nf + 1, 0), members(n);
+  for (int64_t g = 0; g < n; ++g) ++start[bi[g] + 1];
+  for (int64_t f = 0; f < nf; ++f) start[f + 1] += start[f];
+  {
+    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+    for (int64_t g = 0; g < n; ++g) members[cursor[bi[g]]++] = g;
+  }
+  constexpr int kRow = 17;  // per Gaussian: rotation 9, scale 1, centroid 3, quaternion 4
+  auto run = [&](auto zero) {
+    using S = decltype(zero);
+    const S *R0 = in.rot.data_ptr<S>(), *kp = in.k.data_ptr<S>(), *fq = in.fq.data_ptr<S>();
+    const S *mp = in.means.data_ptr<S>(), *qp = in.quats.data_ptr<S>(), *sp = in.scales.data_ptr<S>();
+    const S *gw = vm.numel() ? vm.data_ptr<S>() : nullptr, *gq = vq.numel() ? vq.data_ptr<S>() : nullptr;
+    const S *gs = vs.numel() ? vs.data_ptr<S>() : nullptr, *ga = va.numel() ? va.data_ptr<S>() : nullptr;
+    S *om = g_m.data_ptr<S>(), *oq = g_q.data_ptr<S>(), *os = g_s.data_ptr<S>();
+    std::vector<S> rows(kRow * n);
+    at::parallel_for(0, n, kSerialBelow, [&](int64_t lo, int64_t hi) {
+      for (int64_t g = lo; g < hi; ++g) {
+        const int64_t f = bi[g];
+        const S *R = R0 + 9 * f, kf = kp[f];
+        const S m[3] = {mp[3 * g], mp[3 * g + 1], mp[3 * g + 2]};
+        const S w[3] = {gw ? gw[3 * g] : S(0), gw ? gw[3 * g + 1] : S(0), gw ? gw[3 * g + 2] : S(0)};
+        const S an[3] = {ga ? ga[3 * g] : S(0), ga ? ga[3 * g + 1] : S(0), ga ? ga[3 * g + 2] : S(0)};
+        S* row = rows.data() + kRow * g;
+        S rt_w[3], rt_a[3];  // R^T v
+        for (int j = 0; j < 3; ++j) {
+          rt_w[j] = R[j] * w[0] + R[3 + j] * w[1] + R[6 + j] * w[2];
+          rt_a[j] = R[j] * an[0] + R[3 + j] * an[1] + R[6 + j] * an[2];
+        }
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) row[3 * i + j] = w[i] * (kf * m[j]) + (j < 2 ? an[i] * (kf * m[j]) : S(0));
+        S v_k = m[0] * (rt_w[0] + rt_a[0]) + m[1] * (rt_w[1] + rt_a[1]) + m[2] * rt_w[2];
+        for (int j = 0; j < 3; ++j) {
+          om[3 * g + j] = kf * rt_w[j] + (j < 2 ? kf * rt_a[j] : S(0));
+          const S vsj = gs ? gs[3 * g + j] : S(0);
+          v_k += vsj * sp[3 * g + j];
+          os[3 * g + j] = vsj * kf;
+          row[10 + j] = w[j] + an[j];
+        }
+        row[9] = v_k;
+        const S *a = fq + 4 * f, *b = qp + 4 * g;
+        const S p[4] = {gq ? gq[4 * g] : S(0), gq ? gq[4 * g + 1] : S(0), gq ? gq[4 * g + 2] : S(0),
+                        gq ? gq[4 * g + 3] : S(0)};
+        row[13] = p[0] * b[0] + p[1] * b[1] + p[2] * b[2] + p[3] * b[3];  // d(a b) / d a
+        row[14] = -p[0] * b[1] + p[1] * b[0] - p[2] * b[3] + p[3] * b[2];
+        row[15] = -p[0] * b[2] + p[1] * b[3] + p[2] * b[0] - p[3] * b[1];
+        row[16] = -p[0] * b[3] - p[1] * b[2] + p[2] * b[1] + p[3] * b[0];
+        oq[4 * g] = p[0] * a[0] + p[1] * a[1] + p[2] * a[2] + p[3] * a[3];  // d(a b) / d b
+        oq[4 * g + 1] = -p[0] * a[1] + p[1] * a[0] + p[2] * a[3] - p[3] * a[2];
+        oq[4 * g + 2] = -p[0] * a[2] - p[1] * a[3] + p[2] * a[0] + p[3] * a[1];
+        oq[4 * g + 3] = -p[0] * a[3] + p[1] * a[2] - p[2] * a[1] + p[3] * a[0];
+      }
+    });
+    S *vr = g_rot.data_ptr<S>(), *vk = g_k.data_ptr<S>(), *vc = g_cen.data_ptr<S>(), *vf = g_fq.data_ptr<S>();
+    at::parallel_for(0, nf, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t f = lo; f < hi; ++f) {
+        S acc[kRow] = {};
+        for (int64_t i = start[f]; i < start[f + 1]; ++i) {
+          const S* row = rows.data() + kRow * members[i];
+          for (int j = 0; j < kRow; ++j) acc[j] += row[j];
+        }
+        for (int j = 0; j < 9; ++j) vr[9 * f + j] = acc[j];
+        vk[f] = acc[9];
+        for (int j = 0; j < 3; ++j) vc[3 * f + j] = acc[10 + j];
+        for (int j = 0; j < 4; ++j) vf[4 * f + j] = acc[13 + j];
+      }
+    });
+  };
+  if (dtype == at::kFloat) run(0.0f); else run(0.0);
+  return {g_rot, g_k, g_cen, g_fq, g_m, g_q, g_s};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vasa3d_composite, m) {
@@ -198,4 +373,11 @@ TORCH_LIBRARY_FRAGMENT(vasa3d_composite, m) {
         &avatar_forward);
   m.def("residual_forward(Tensor per_gaussian, Tensor hidden_bias, Tensor weight, Tensor bias) -> Tensor",
         &residual_forward);
+  m.def("bind_forward(Tensor rotations, Tensor frame_scales, Tensor centroids, Tensor frame_quats, Tensor binding, "
+        "Tensor means, Tensor quats, Tensor scales, bool anchors) -> Tensor[]",
+        &bind_forward);
+  m.def("bind_backward(Tensor rotations, Tensor frame_scales, Tensor centroids, Tensor frame_quats, Tensor binding, "
+        "Tensor means, Tensor quats, Tensor scales, Tensor v_means, Tensor v_quats, Tensor v_scales, "
+        "Tensor v_anchors) -> Tensor[]",
+        &bind_backward);
 }
