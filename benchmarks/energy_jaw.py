@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def utterances(config: Path, cache_dir: Path) -> list[dict]:
-    """Test and validation utterances of the recipe in ``config``, with their waveforms (no augmented copies made)."""
+def utterances(config: Path, cache_dir: Path) -> tuple[list[dict], dict | None]:
+    """(test and validation utterances of the recipe in ``config``, with their waveforms; no augmented copies
+    made, the recipe's augmentation settings)."""
     import yaml
 
     from datamodules.speech_motion import SpeechMotionDataModule
