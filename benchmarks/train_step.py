@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = (  # (row, op-name prefixes), first match wins; everything else is "other torch ops"
     ("compositing forward", ("vasa3d_composite::forward", "vasa3d_composite::render_forward")),
     ("compositing backward", ("vasa3d_composite::backward",)),
-    ("mesh binding (bind_forward/backward)", ("vasa3d_composite::bind_forward", "vasa3d_composite::bind_backward")),
+    ("mesh binding (frames_* and bind_* ops)", ("vasa3d_composite::bind_", "vasa3d_composite::frames_")),
     ("projection and binning", ("vasa3d_composite::",)),
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
     ("convolutions", ("aten::convolution", "aten::mkldnn_convolution", "aten::_convolution")),
@@ -117,17 +117,47 @@ def main(argv: list[str] | None = None) -> int:
     for ms, calls, name in sorted(others, reverse=True)[:args.top]:
         rows[f"other: {name}"] = {"ms_per_step": MetricResult(ms), "share": MetricResult(ms / profiled),
                                   "ops_per_step": MetricResult(calls)}
+    binding = binding_ms(system, batches[0])
+    for backend in ("torch", "auto"):
+        label = "compiled (frames_* and bind_* ops)" if backend == "auto" else "torch reference"
+        rows[f"mesh binding per frame, {label}"] = {"ms_per_step": MetricResult(binding[backend]), "share": uncounted,
+                                                    "ops_per_step": uncounted}
     notes = (f"Run {checkpoint} ({system.head.num_gaussians} Gaussians), batches of {batches[0]['image'].shape[0]} "
              f"frames at {size} px from {args.config}; {torch.get_num_threads()} threads. Timed: mean of "
              f"{args.steps} steps after 2 warm-up steps. Profiled: self CPU time per kind of op over "
              f"{args.profile_steps} more steps (the profiler adds its own overhead); share: of the timed step, or of the "
              "profiled total; ops_per_step: op calls per step, views and allocations included. other: the costliest of "
-             "the other torch ops, by self time.")
+             "the other torch ops, by self time. mesh binding per frame: triangle_frames + bind_to_world (with "
+             "anchors) of one posed frame, forward and backward, median of 20, each backend in turn (ms per frame, "
+             "not per step).")
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/train_step.py", *(argv or sys.argv[1:])])
     paths = write_table(rows, args.name, out_dir=args.out_dir, reference=None, command=command, notes=notes,
                         directions={"ms_per_step": -1, "share": 0, "ops_per_step": 0})
     print(Path(paths["md"]).read_text())
     return 0
+
+
+def binding_ms(system, batch, repeats: int = 20) -> dict[str, float]:
+    """ms of ``triangle_frames`` + ``bind_to_world`` (anchors too), forward and backward, on one posed frame of
+    ``batch``, for the torch reference and the compiled path, interleaved (median of ``repeats``)."""
+    from vasa3d.gaussians.binding import bind_to_world, triangle_frames
+
+    head = system.avatar.head
+    with torch.no_grad():
+        posed = system.avatar.frame(system.batch_latent(batch)).posed[0]
+    splats = head.splats
+    times: dict[str, list[float]] = {"torch": [], "auto": []}
+    for _ in range(repeats + 1):
+        for backend in times:
+            leaves = [t.detach().clone().requires_grad_() for t in (posed, splats["means"], splats["quats"],
+                                                                     splats["scales"])]
+            start = time.perf_counter()
+            frames = triangle_frames(leaves[0], head.faces, backend=backend)
+            out = bind_to_world(leaves[1], leaves[2], torch.exp(leaves[3]), head.binding, frames, anchors=True,
+                                backend=backend)
+            sum(o.sum() for o in out).backward()
+            times[backend].append(time.perf_counter() - start)
+    return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
 
 
 if __name__ == "__main__":

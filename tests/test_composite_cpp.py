@@ -435,11 +435,13 @@ def test_cpp_projection_forward_and_backward_equal_torch():
 
 @pytest.mark.parametrize("anchors", [True, False])
 def test_bind_to_world_compiled_equals_the_torch_reference_forward_and_backward(anchors):
-    """bind_forward/bind_backward (the per-Gaussian half of bind_to_world for training) against the torch
-    reference on a random mesh, in float64: outputs and every gradient (vertices through the triangle
-    frames, local means, quaternions, scales); an output the loss does not use gets no gradient; the
-    per-triangle sums give the same bits on one thread and on two."""
+    """frames_forward/backward and bind_forward/backward (triangle frames with their quaternions, and the
+    per-Gaussian half of bind_to_world, for training) against the torch reference on a random mesh, in
+    float64: outputs and every gradient (vertices through the triangle frames, local means, quaternions,
+    scales), with triangles that take each of rotmat_to_quat's four branches; an output the loss does not
+    use gets no gradient; the per-triangle and per-vertex sums give the same bits on one thread and on two."""
     from vasa3d.gaussians.binding import bind_to_world, triangle_frames
+    from vasa3d.gaussians.projection import rotmat_to_quat
 
     gen = torch.Generator().manual_seed(5)
     vertices = torch.randn(40, 3, generator=gen, dtype=F64)
@@ -449,10 +451,16 @@ def test_bind_to_world_compiled_equals_the_torch_reference_forward_and_backward(
               "quats": torch.randn(500, 4, generator=gen, dtype=F64),
               "scales": torch.rand(500, 3, generator=gen, dtype=F64) + 0.1}
     weights = [torch.randn(500, w, generator=gen, dtype=F64) for w in (3, 4, 3, 3)]
+    m = triangle_frames(vertices, faces, backend="torch").rotations
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    diagonal = torch.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], -1)  # picks the same row as the norms
+    assert set(diagonal.argmax(-1).tolist()) == {0, 1, 2, 3}
+    torch.testing.assert_close(triangle_frames(vertices, faces).quats, rotmat_to_quat(m), atol=1e-12, rtol=0)
 
     def run(backend: str, skip_quats: bool = False):
         params = {k: v.clone().requires_grad_() for k, v in leaves.items()}
-        frames = triangle_frames(params["vertices"], faces)
+        frames = triangle_frames(params["vertices"], faces, backend=backend)
+        assert (frames.quats is not None) == (backend == "auto")
         out = bind_to_world(params["means"], params["quats"], params["scales"], binding, frames, anchors=anchors,
                             backend=backend)
         assert len(out) == (4 if anchors else 3)

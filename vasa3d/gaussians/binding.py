@@ -25,6 +25,7 @@ class TriangleFrames(NamedTuple):
     centroids: Tensor  # [F, 3]
     rotations: Tensor  # [F, 3, 3] columns: edge direction, in-plane normal to it, face normal
     scales: Tensor  # [F] mean edge length
+    quats: Tensor | None = None  # [F, 4] rotmat_to_quat(rotations), when the compiled path made it alongside
 
 
 def take(values: Tensor, index: Tensor) -> Tensor:
@@ -34,8 +35,18 @@ def take(values: Tensor, index: Tensor) -> Tensor:
     return values.index_select(0, index.reshape(-1)).reshape(*index.shape, *values.shape[1:])
 
 
-def triangle_frames(vertices: Tensor, faces: Tensor) -> TriangleFrames:
-    """Frames of ``faces [F, 3]`` on ``vertices [V, 3]`` (differentiable in the vertices)."""
+def triangle_frames(vertices: Tensor, faces: Tensor, backend: str = "auto") -> TriangleFrames:
+    """Frames of ``faces [F, 3]`` on ``vertices [V, 3]`` (differentiable in the vertices).
+
+    ``backend="auto"``: on the CPU, when the compiled kernels are built, one compiled pass with a
+    hand-written backward (``frames_forward``/``frames_backward`` of ``csrc/avatar.cpp``) that also gives
+    each frame's quaternion (``quats``); ``"torch"``: the reference, op by op (``quats`` None).
+    """
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"triangle_frames: backend={backend!r}: use 'auto' or 'torch'")
+    if backend == "auto" and vertices.dim() == 2 and _compiled_cpu(vertices):
+        rotations, scales, centroids, quats = _Frames.apply(vertices, faces)
+        return TriangleFrames(centroids, rotations, scales, quats)
     v0, v1, v2 = take(vertices, faces[:, 0]), take(vertices, faces[:, 1]), take(vertices, faces[:, 2])
     e0, e1, e2 = v1 - v0, v2 - v1, v0 - v2
     normal = F.normalize(torch.linalg.cross(e0, -e2, dim=-1), dim=-1, eps=1e-12)
@@ -80,27 +91,48 @@ def bind_to_world(
     if backend not in ("auto", "torch"):
         raise ValueError(f"bind_to_world: backend={backend!r}: use 'auto' or 'torch'")
     quats = F.normalize(local_quats, dim=-1)
+    frame_quats = frames.quats if frames.quats is not None else rotmat_to_quat(frames.rotations)
     if backend == "auto" and _compiled_binding(local_means, frames):
-        out = _BindGaussians.apply(frames.rotations, frames.scales, frames.centroids, rotmat_to_quat(frames.rotations),
-                                   binding, local_means, quats, local_scales, anchors)
+        out = _BindGaussians.apply(frames.rotations, frames.scales, frames.centroids, frame_quats, binding,
+                                   local_means, quats, local_scales, anchors)
         return out if anchors else out[:3]
     k = take(frames.scales, binding)[:, None]
     means = local_to_world_points(local_means, binding, frames)
     # one conversion per triangle, then gathered: the same values as converting each Gaussian's copy
-    out = (means, quat_multiply(take(rotmat_to_quat(frames.rotations), binding), quats), k * local_scales)
+    out = (means, quat_multiply(take(frame_quats, binding), quats), k * local_scales)
     if anchors:
         out += (local_to_world_points(local_means * local_means.new_tensor([1.0, 1.0, 0.0]), binding, frames),)
     return out
 
 
-def _compiled_binding(local_means: Tensor, frames: TriangleFrames) -> bool:
-    if local_means.device.type != "cpu" or local_means.dtype not in (torch.float32, torch.float64):
-        return False
-    if any(t.dtype != local_means.dtype for t in frames):
+def _compiled_cpu(tensor: Tensor) -> bool:
+    """Whether ``tensor`` can go through the compiled CPU kernels (float32/64 on the CPU, kernels built)."""
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
         return False
     from vasa3d.gaussians import composite_cpp
 
     return composite_cpp.is_available()
+
+
+def _compiled_binding(local_means: Tensor, frames: TriangleFrames) -> bool:
+    return all(t.dtype == local_means.dtype for t in frames if t is not None) and _compiled_cpu(local_means)
+
+
+class _Frames(torch.autograd.Function):
+    """:func:`triangle_frames` and each frame's quaternion as one compiled pass, with its hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, vertices, faces):
+        ctx.save_for_backward(vertices, faces)
+        return tuple(torch.ops.vasa3d_composite.frames_forward(vertices, faces))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_rotations, v_scales, v_centroids, v_quats):
+        vertices, faces = ctx.saved_tensors
+        empty = vertices.new_zeros(0)
+        grads = [empty if g is None else g for g in (v_rotations, v_scales, v_centroids, v_quats)]
+        return torch.ops.vasa3d_composite.frames_backward(vertices, faces, *grads), None
 
 
 class _BindGaussians(torch.autograd.Function):

@@ -17,6 +17,10 @@
 //   bind_backward(the same inputs, v_means, v_quats, v_scales, v_anchors (each may be empty: zero))
 //     -> v_rotations, v_frame_scales, v_centroids, v_frame_quats, v_means, v_quats, v_scales; the
 //        per-triangle sums run over each triangle's Gaussians in index order (any thread count: same bits)
+//   frames_forward(vertices [V,3], faces [F,3]) -> rotations [F,3,3], scales [F], centroids [F,3],
+//     quats [F,4]: binding.triangle_frames and each frame's rotmat_to_quat, float32 or float64
+//   frames_backward(vertices, faces, v_rotations, v_scales, v_centroids, v_quats (each may be empty))
+//     -> v_vertices [V,3], the faces' corners added in face order (same bits for any thread count)
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -365,6 +369,213 @@ std::vector<at::Tensor> bind_backward(const at::Tensor& rotations, const at::Ten
   return {g_rot, g_k, g_cen, g_fq, g_m, g_q, g_s};
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// Training: the per-triangle half (triangle_frames and each frame's quaternion), forward and backward.
+
+template <typename S>
+inline S dot3(const S* a, const S* b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
+
+template <typename S>
+inline void cross3(const S* a, const S* b, S* out) {
+  out[0] = a[1] * b[2] - a[2] * b[1], out[1] = a[2] * b[0] - a[0] * b[2], out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+// The candidate rows of rotmat_to_quat: row r of 4 q_r q (see vasa3d.gaussians.projection), linear in m.
+template <typename S>
+void quat_candidates(const S m[3][3], S c[4][4]) {
+  const S tr = m[0][0] + m[1][1] + m[2][2];
+  const S rows[4][4] = {{1 + tr, m[2][1] - m[1][2], m[0][2] - m[2][0], m[1][0] - m[0][1]},
+                        {m[2][1] - m[1][2], 1 + m[0][0] - m[1][1] - m[2][2], m[0][1] + m[1][0], m[0][2] + m[2][0]},
+                        {m[0][2] - m[2][0], m[0][1] + m[1][0], 1 - m[0][0] + m[1][1] - m[2][2], m[1][2] + m[2][1]},
+                        {m[1][0] - m[0][1], m[0][2] + m[2][0], m[1][2] + m[2][1], 1 - m[0][0] - m[1][1] + m[2][2]}};
+  for (int r = 0; r < 4; ++r)
+    for (int i = 0; i < 4; ++i) c[r][i] = rows[r][i];
+}
+
+// One triangle's frame: edges, normal, in-plane axes, rotation (columns x, y, normal), scale, centroid.
+template <typename S>
+struct Frame {
+  S e0[3], e1[3], e2[3], d[3], nraw[3], n[3], ax[3], ay[3], m[3][3];
+  S len0, len1, len2, nraw_len, k, c[3];
+  S cand[4][4], cand_norm, sign;
+  int best;
+
+  Frame(const S* v0, const S* v1, const S* v2) {
+    for (int i = 0; i < 3; ++i) e0[i] = v1[i] - v0[i], e1[i] = v2[i] - v1[i], e2[i] = v0[i] - v2[i], d[i] = -e2[i];
+    cross3(e0, d, nraw);
+    nraw_len = std::sqrt(dot3(nraw, nraw)), len0 = std::sqrt(dot3(e0, e0));
+    len1 = std::sqrt(dot3(e1, e1)), len2 = std::sqrt(dot3(e2, e2));
+    const S nd = std::max(nraw_len, S(1e-12)), ad = std::max(len0, S(1e-12));
+    for (int i = 0; i < 3; ++i) n[i] = nraw[i] / nd, ax[i] = e0[i] / ad;
+    cross3(n, ax, ay);
+    for (int i = 0; i < 3; ++i) m[i][0] = ax[i], m[i][1] = ay[i], m[i][2] = n[i];
+    k = (len0 + len1 + len2) / S(3);
+    for (int i = 0; i < 3; ++i) c[i] = (v0[i] + v1[i] + v2[i]) / S(3);
+    quat_candidates(m, cand);
+    best = 0;
+    S best_norm = S(-1);
+    for (int r = 0; r < 4; ++r) {
+      const S nr = std::sqrt(cand[r][0] * cand[r][0] + cand[r][1] * cand[r][1] + cand[r][2] * cand[r][2] +
+                             cand[r][3] * cand[r][3]);
+      if (nr > best_norm) best_norm = nr, best = r;  // the first maximum, as argmax
+    }
+    cand_norm = best_norm;
+    sign = cand[best][0] / std::max(cand_norm, S(1e-12)) < 0 ? S(-1) : S(1);
+  }
+  void quat(S* q) const {
+    const S nq = std::max(cand_norm, S(1e-12));
+    for (int i = 0; i < 4; ++i) q[i] = sign * cand[best][i] / nq;
+  }
+};
+
+// d normalize(x) / dx applied to g: (g - u (u . g)) / |x| (x / eps below eps, as F.normalize)
+template <typename S, int D>
+void normalize_backward(const S* x, S len, const S* g, S* out) {
+  if (len <= S(1e-12)) {
+    for (int i = 0; i < D; ++i) out[i] = g[i] / S(1e-12);
+    return;
+  }
+  S ug = 0;
+  for (int i = 0; i < D; ++i) ug += x[i] * g[i];
+  ug /= len * len;
+  for (int i = 0; i < D; ++i) out[i] = (g[i] - x[i] * ug) / len;
+}
+
+struct FrameInputs {
+  at::Tensor vertices, faces;
+  int64_t nv, nf;
+};
+
+FrameInputs check_frame_inputs(const char* op, const at::Tensor& vertices, const at::Tensor& faces) {
+  TORCH_CHECK(vertices.dim() == 2 && vertices.size(1) == 3 && faces.dim() == 2 && faces.size(1) == 3, op,
+              ": vertices [V,3] and faces [F,3] expected");
+  TORCH_CHECK(vertices.scalar_type() == at::kFloat || vertices.scalar_type() == at::kDouble, op,
+              ": float32 or float64 vertices expected");
+  TORCH_CHECK(vertices.device().is_cpu() && faces.device().is_cpu(), op, ": CPU tensors expected");
+  FrameInputs in{vertices.contiguous(), faces.to(at::kLong).contiguous(), vertices.size(0), faces.size(0)};
+  const int64_t* fa = in.faces.data_ptr<int64_t>();
+  for (int64_t i = 0; i < 3 * in.nf; ++i) TORCH_CHECK(fa[i] >= 0 && fa[i] < in.nv, op, ": face index out of range");
+  return in;
+}
+
+std::vector<at::Tensor> frames_forward(const at::Tensor& vertices_in, const at::Tensor& faces_in) {
+  const FrameInputs in = check_frame_inputs("frames_forward", vertices_in, faces_in);
+  const int64_t nf = in.nf;
+  const auto opts = in.vertices.options();
+  at::Tensor rot = at::empty({nf, 3, 3}, opts), scl = at::empty({nf}, opts), cen = at::empty({nf, 3}, opts);
+  at::Tensor quat = at::empty({nf, 4}, opts);
+  auto run = [&](auto zero) {
+    using S = decltype(zero);
+    const S* v = in.vertices.data_ptr<S>();
+    const int64_t* fa = in.faces.data_ptr<int64_t>();
+    S *r = rot.data_ptr<S>(), *k = scl.data_ptr<S>(), *c = cen.data_ptr<S>(), *q = quat.data_ptr<S>();
+    at::parallel_for(0, nf, 1024, [&](int64_t lo, int64_t hi) {
+      for (int64_t f = lo; f < hi; ++f) {
+        const Frame<S> fr(v + 3 * fa[3 * f], v + 3 * fa[3 * f + 1], v + 3 * fa[3 * f + 2]);
+        for (int i = 0; i < 9; ++i) r[9 * f + i] = fr.m[i / 3][i % 3];
+        k[f] = fr.k;
+        for (int i = 0; i < 3; ++i) c[3 * f + i] = fr.c[i];
+        fr.quat(q + 4 * f);
+      }
+    });
+  };
+  if (in.vertices.scalar_type() == at::kFloat) run(0.0f); else run(0.0);
+  return {rot, scl, cen, quat};
+}
+
+at::Tensor frames_backward(const at::Tensor& vertices_in, const at::Tensor& faces_in, const at::Tensor& v_rot_in,
+                           const at::Tensor& v_scales_in, const at::Tensor& v_cen_in, const at::Tensor& v_quats_in) {
+  const FrameInputs in = check_frame_inputs("frames_backward", vertices_in, faces_in);
+  const int64_t nf = in.nf, nv = in.nv;
+  const auto dtype = in.vertices.scalar_type();
+  const auto grad = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+    if (t.numel() == 0) return t;
+    TORCH_CHECK(t.sizes() == shape, "frames_backward: ", name, " has the wrong shape");
+    return t.to(dtype).contiguous();
+  };
+  const at::Tensor vr = grad(v_rot_in, {nf, 3, 3}, "v_rotations"), vk = grad(v_scales_in, {nf}, "v_scales"),
+                   vc = grad(v_cen_in, {nf, 3}, "v_centroids"), vq = grad(v_quats_in, {nf, 4}, "v_quats");
+  at::Tensor v_vertices = at::zeros({nv, 3}, in.vertices.options());
+  auto run = [&](auto zero) {
+    using S = decltype(zero);
+    const S* v = in.vertices.data_ptr<S>();
+    const int64_t* fa = in.faces.data_ptr<int64_t>();
+    const S *gr = vr.numel() ? vr.data_ptr<S>() : nullptr, *gk = vk.numel() ? vk.data_ptr<S>() : nullptr;
+    const S *gc = vc.numel() ? vc.data_ptr<S>() : nullptr, *gq = vq.numel() ? vq.data_ptr<S>() : nullptr;
+    std::vector<S> corners(9 * nf);  // per face: the gradient of v0, v1, v2
+    at::parallel_for(0, nf, 1024, [&](int64_t lo, int64_t hi) {
+      for (int64_t f = lo; f < hi; ++f) {
+        const Frame<S> fr(v + 3 * fa[3 * f], v + 3 * fa[3 * f + 1], v + 3 * fa[3 * f + 2]);
+        S g_m[3][3] = {};
+        if (gr)
+          for (int i = 0; i < 9; ++i) g_m[i / 3][i % 3] = gr[9 * f + i];
+        if (gq) {  // q = sign * normalize(candidate row `best`); the row is linear in m
+          S g_row[4];
+          normalize_backward<S, 4>(fr.cand[fr.best], fr.cand_norm, gq + 4 * f, g_row);
+          for (int i = 0; i < 4; ++i) g_row[i] *= fr.sign;
+          S(&gm)[3][3] = g_m;
+          const S* g = g_row;
+          switch (fr.best) {
+            case 0:
+              gm[0][0] += g[0], gm[1][1] += g[0], gm[2][2] += g[0];
+              gm[2][1] += g[1], gm[1][2] -= g[1], gm[0][2] += g[2], gm[2][0] -= g[2], gm[1][0] += g[3], gm[0][1] -= g[3];
+              break;
+            case 1:
+              gm[2][1] += g[0], gm[1][2] -= g[0];
+              gm[0][0] += g[1], gm[1][1] -= g[1], gm[2][2] -= g[1];
+              gm[0][1] += g[2], gm[1][0] += g[2], gm[0][2] += g[3], gm[2][0] += g[3];
+              break;
+            case 2:
+              gm[0][2] += g[0], gm[2][0] -= g[0], gm[0][1] += g[1], gm[1][0] += g[1];
+              gm[0][0] -= g[2], gm[1][1] += g[2], gm[2][2] -= g[2];
+              gm[1][2] += g[3], gm[2][1] += g[3];
+              break;
+            default:
+              gm[1][0] += g[0], gm[0][1] -= g[0], gm[0][2] += g[1], gm[2][0] += g[1];
+              gm[1][2] += g[2], gm[2][1] += g[2];
+              gm[0][0] -= g[3], gm[1][1] -= g[3], gm[2][2] += g[3];
+          }
+        }
+        S g_ax[3], g_ay[3], g_n[3];
+        for (int i = 0; i < 3; ++i) g_ax[i] = g_m[i][0], g_ay[i] = g_m[i][1], g_n[i] = g_m[i][2];
+        S t[3];  // ay = n x ax
+        cross3(fr.ax, g_ay, t);
+        for (int i = 0; i < 3; ++i) g_n[i] += t[i];
+        cross3(g_ay, fr.n, t);
+        for (int i = 0; i < 3; ++i) g_ax[i] += t[i];
+        S g_e0[3], g_nraw[3], g_d[3], g_e1[3] = {}, g_e2[3] = {};
+        normalize_backward<S, 3>(fr.e0, fr.len0, g_ax, g_e0);
+        normalize_backward<S, 3>(fr.nraw, fr.nraw_len, g_n, g_nraw);
+        cross3(fr.d, g_nraw, t);  // nraw = e0 x d
+        for (int i = 0; i < 3; ++i) g_e0[i] += t[i];
+        cross3(g_nraw, fr.e0, g_d);
+        if (gk) {  // k = (|e0| + |e1| + |e2|) / 3; the norm's gradient is 0 at 0, as torch's
+          const S w = gk[f] / S(3);
+          for (int i = 0; i < 3; ++i) {
+            g_e0[i] += fr.len0 > 0 ? w * fr.e0[i] / fr.len0 : S(0);
+            g_e1[i] += fr.len1 > 0 ? w * fr.e1[i] / fr.len1 : S(0);
+            g_e2[i] += fr.len2 > 0 ? w * fr.e2[i] / fr.len2 : S(0);
+          }
+        }
+        S* out = corners.data() + 9 * f;
+        for (int i = 0; i < 3; ++i) {
+          const S gci = gc ? gc[3 * f + i] / S(3) : S(0);
+          out[i] = -g_e0[i] + g_e2[i] - g_d[i] + gci;      // v0
+          out[3 + i] = g_e0[i] - g_e1[i] + gci;             // v1
+          out[6 + i] = g_e1[i] - g_e2[i] + g_d[i] + gci;    // v2
+        }
+      }
+    });
+    S* vv = v_vertices.data_ptr<S>();
+    for (int64_t f = 0; f < nf; ++f)  // in face order: the same sums for any thread count
+      for (int corner = 0; corner < 3; ++corner)
+        for (int i = 0; i < 3; ++i) vv[3 * fa[3 * f + corner] + i] += corners[9 * f + 3 * corner + i];
+  };
+  if (dtype == at::kFloat) run(0.0f); else run(0.0);
+  return v_vertices;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vasa3d_composite, m) {
@@ -380,4 +591,8 @@ TORCH_LIBRARY_FRAGMENT(vasa3d_composite, m) {
         "Tensor means, Tensor quats, Tensor scales, Tensor v_means, Tensor v_quats, Tensor v_scales, "
         "Tensor v_anchors) -> Tensor[]",
         &bind_backward);
+  m.def("frames_forward(Tensor vertices, Tensor faces) -> Tensor[]", &frames_forward);
+  m.def("frames_backward(Tensor vertices, Tensor faces, Tensor v_rotations, Tensor v_scales, Tensor v_centroids, "
+        "Tensor v_quats) -> Tensor",
+        &frames_backward);
 }
