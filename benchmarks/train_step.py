@@ -5,8 +5,8 @@ A fitted run (``--run``, a run folder or checkpoint of ``SubjectFitting``) is lo
 steps on batches of the data that ``--config`` describes (its cached teacher clips): the loss terms, the
 backward and an Adam step over every parameter, as ``SubjectFitting.training_step`` does without
 densification and logging. Then ``torch.profiler`` records ``--profile-steps`` more steps, and the self CPU
-time of every op is summed by kind: the compiled compositor, the compiled mesh binding, projection and binning,
-matrix products (the residual MLP), convolutions (SSIM) and the remaining torch ops, with their count per step.
+time of every op is summed by kind: the compiled compositor, the compiled mesh binding and residual MLP, projection
+and binning, matrix products, convolutions (SSIM) and the remaining torch ops, with their count per step.
 
 Run:  python benchmarks/train_step.py --run outputs/fit_subject/astronaut [--config experiments/fit_subject.yaml]
 Writes benchmarks/results/<date>-train_step.{md,csv,json}. Run it alone: it times the CPU.
@@ -27,6 +27,7 @@ KINDS = (  # (row, op-name prefixes), first match wins; everything else is "othe
     ("compositing forward", ("vasa3d_composite::forward", "vasa3d_composite::render_forward")),
     ("compositing backward", ("vasa3d_composite::backward",)),
     ("mesh binding (frames_* and bind_* ops)", ("vasa3d_composite::bind_", "vasa3d_composite::frames_")),
+    ("residual MLP (residual_forward/backward)", ("vasa3d_composite::residual_",)),
     ("projection and binning", ("vasa3d_composite::",)),
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
     ("convolutions", ("aten::convolution", "aten::mkldnn_convolution", "aten::_convolution")),
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         label = "compiled (frames_* and bind_* ops)" if backend == "auto" else "torch reference"
         rows[f"mesh binding per frame, {label}"] = {"ms_per_step": MetricResult(binding[backend]), "share": uncounted,
                                                     "ops_per_step": uncounted}
+    if system.avatar.residual is not None:
+        residual = residual_ms(system, batches[0])
+        for backend, label in (("torch", "torch layers"), ("compiled", "compiled (residual_forward/backward)")):
+            rows[f"residual MLP per step, {label}"] = {"ms_per_step": MetricResult(residual[backend]),
+                                                       "share": uncounted, "ops_per_step": uncounted}
     notes = (f"Run {checkpoint} ({system.head.num_gaussians} Gaussians), batches of {batches[0]['image'].shape[0]} "
              f"frames at {size} px from {args.config}; {torch.get_num_threads()} threads. Timed: mean of "
              f"{args.steps} steps after 2 warm-up steps. Profiled: self CPU time per kind of op over "
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
              "profiled total; ops_per_step: op calls per step, views and allocations included. other: the costliest of "
              "the other torch ops, by self time. mesh binding per frame: triangle_frames + bind_to_world (with "
              "anchors) of one posed frame, forward and backward, median of 20, each backend in turn (ms per frame, "
-             "not per step).")
+             "not per step). residual MLP per step: ResidualDeformer on the batch's conditions, forward and backward, "
+             "torch layers against the compiled tail, median of 20, interleaved.")
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/train_step.py", *(argv or sys.argv[1:])])
     paths = write_table(rows, args.name, out_dir=args.out_dir, reference=None, command=command, notes=notes,
                         directions={"ms_per_step": -1, "share": 0, "ops_per_step": 0})
@@ -157,6 +164,29 @@ def binding_ms(system, batch, repeats: int = 20) -> dict[str, float]:
                                 backend=backend)
             sum(o.sum() for o in out).backward()
             times[backend].append(time.perf_counter() - start)
+    return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
+
+
+def residual_ms(system, batch, repeats: int = 20) -> dict[str, float]:
+    """ms of the residual MLP (``ResidualDeformer``) on ``batch``'s conditions, forward and backward: the torch
+    layers and the compiled tail (``residual_forward``/``residual_backward``), interleaved (median of ``repeats``)."""
+    avatar = system.avatar
+    residual, head = avatar.residual, avatar.head
+    cond = avatar.condition(system.batch_latent(batch)).detach()
+    with torch.no_grad():
+        canonical = head.world_gaussians(head.vertices())["means"]
+    times: dict[str, list[float]] = {"torch": [], "compiled": []}
+    for _ in range(repeats + 1):
+        for backend in times:
+            start = time.perf_counter()
+            per_gaussian = residual.per_gaussian(head.splats["features"], canonical)
+            if backend == "compiled":
+                out = residual.packed(cond, per_gaussian)
+            else:
+                out = residual.out(residual.body(residual.cond_in(cond)[:, None, :] + per_gaussian[None]))
+            out.square().sum().backward()
+            times[backend].append(time.perf_counter() - start)
+    system.zero_grad(set_to_none=True)
     return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 import torch.nn.functional as F
 
@@ -60,11 +61,11 @@ class ResidualDeformer(nn.Module):
         return self.gaussian_in(torch.cat([features, positions * POSITION_SCALE], dim=-1))
 
     def _compiled_tail(self, per_gaussian: Tensor) -> bool:
-        """Whether the layers after the split first layer can run as ``residual_forward`` of ``csrc/avatar.cpp``:
-        no autograd, float32 on the CPU, one hidden layer (the body is just the SiLU), the kernels built."""
-        return (not torch.is_grad_enabled() and per_gaussian.device.type == "cpu"
-                and per_gaussian.dtype == torch.float32 and len(self.body) == 1 and self.out.out_features <= 16
-                and _compiled())
+        """Whether the layers after the split first layer can run as ``residual_forward`` of ``csrc/avatar.cpp``
+        (with ``residual_backward`` under autograd): float32 on the CPU, one hidden layer (the body is just the
+        SiLU), the kernels built."""
+        return (per_gaussian.device.type == "cpu" and per_gaussian.dtype == torch.float32 and len(self.body) == 1
+                and self.out.out_features <= 16 and _compiled())
 
     def forward(self, cond: Tensor, features: Tensor, positions: Tensor,
                 per_gaussian: Tensor | None = None) -> dict[str, Tensor]:
@@ -77,10 +78,27 @@ class ResidualDeformer(nn.Module):
     def packed(self, cond: Tensor, per_gaussian: Tensor) -> Tensor:
         """``[B, N, sum(RESIDUAL_CHANNELS)]`` the residuals in one tensor, channels in ``RESIDUAL_CHANNELS``
         order, from ``per_gaussian [N, H]`` (:meth:`per_gaussian`)."""
-        if self._compiled_tail(per_gaussian):  # inference: one pass, no [B, N, H] intermediates
-            return torch.ops.vasa3d_composite.residual_forward(per_gaussian, self.cond_in(cond), self.out.weight,
-                                                               self.out.bias)
+        if self._compiled_tail(per_gaussian):  # one pass, no [B, N, H] intermediates
+            hidden_bias = self.cond_in(cond)
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (per_gaussian, hidden_bias, self.out.weight,
+                                                                           self.out.bias)):
+                return _ResidualTail.apply(per_gaussian, hidden_bias, self.out.weight, self.out.bias)
+            return torch.ops.vasa3d_composite.residual_forward(per_gaussian, hidden_bias, self.out.weight, self.out.bias)
         return self.out(self.body(self.cond_in(cond)[:, None, :] + per_gaussian[None]))
+
+
+class _ResidualTail(torch.autograd.Function):
+    """``silu(per_gaussian + hidden_bias[b]) @ weight^T + bias`` as ``residual_forward``, with the compiled backward."""
+
+    @staticmethod
+    def forward(ctx, per_gaussian, hidden_bias, weight, bias):
+        ctx.save_for_backward(per_gaussian, hidden_bias, weight)
+        return torch.ops.vasa3d_composite.residual_forward(per_gaussian, hidden_bias, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_out):
+        return tuple(torch.ops.vasa3d_composite.residual_backward(*ctx.saved_tensors, v_out.contiguous()))
 
 
 def split_residuals(packed: Tensor) -> dict[str, Tensor]:

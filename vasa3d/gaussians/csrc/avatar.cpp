@@ -17,6 +17,9 @@
 //   bind_backward(the same inputs, v_means, v_quats, v_scales, v_anchors (each may be empty: zero))
 //     -> v_rotations, v_frame_scales, v_centroids, v_frame_quats, v_means, v_quats, v_scales; the
 //        per-triangle sums run over each triangle's Gaussians in index order (any thread count: same bits)
+//   residual_backward(per_gaussian [N,H], hidden_bias [B,H], weight [O,H], v_out [B,N,O])
+//     -> v_per_gaussian [N,H], v_hidden_bias [B,H], v_weight [O,H], v_bias [O] (float32): the backward of
+//        residual_forward for training; sums over Gaussians run in fixed blocks, added in block order
 //   frames_forward(vertices [V,3], faces [F,3]) -> rotations [F,3,3], scales [F], centroids [F,3],
 //     quats [F,4]: binding.triangle_frames and each frame's rotmat_to_quat, float32 or float64
 //   frames_backward(vertices, faces, v_rotations, v_scales, v_centroids, v_quats (each may be empty))
@@ -576,6 +579,81 @@ at::Tensor frames_backward(const at::Tensor& vertices_in, const at::Tensor& face
   return v_vertices;
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// Training: the backward of residual_forward.
+
+std::vector<at::Tensor> residual_backward(const at::Tensor& per_gaussian_in, const at::Tensor& hidden_bias_in,
+                                          const at::Tensor& weight_in, const at::Tensor& v_out_in) {
+  const int64_t n = per_gaussian_in.size(0), h = per_gaussian_in.size(1), b = hidden_bias_in.size(0);
+  const int64_t o = weight_in.size(0);
+  TORCH_CHECK(per_gaussian_in.dim() == 2 && hidden_bias_in.dim() == 2 && hidden_bias_in.size(1) == h &&
+              weight_in.sizes() == at::IntArrayRef({o, h}) && v_out_in.sizes() == at::IntArrayRef({b, n, o}),
+              "residual_backward: per_gaussian [N,H], hidden_bias [B,H], weight [O,H], v_out [B,N,O] expected");
+  for (const at::Tensor* t : {&per_gaussian_in, &hidden_bias_in, &weight_in, &v_out_in})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat, "residual_backward: float32 CPU tensors expected");
+  const at::Tensor pg = per_gaussian_in.contiguous(), hb = hidden_bias_in.contiguous();
+  const at::Tensor w = weight_in.contiguous(), vo = v_out_in.contiguous();
+  const auto opts = pg.options();
+  at::Tensor v_pg = at::empty({n, h}, opts), v_hb = at::zeros({b, h}, opts), v_w = at::zeros({o, h}, opts);
+  at::Tensor v_bias = at::zeros({o}, opts);
+  const float *pp = pg.data_ptr<float>(), *hp = hb.data_ptr<float>(), *wp = w.data_ptr<float>();
+  const float* vop = vo.data_ptr<float>();
+  float* vpg = v_pg.data_ptr<float>();
+  // Fixed blocks of Gaussians, each with its own partial sums of the per-frame, weight and bias gradients,
+  // added in block order afterwards: the same bits for any thread count.
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (n + kBlock - 1) / kBlock, width = b * h + o * h + o;
+  std::vector<float> partial(blocks * width, 0.0f);
+  at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
+    aligned_vector<float> gs(h), act(h), gpg(h);
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      float* part = partial.data() + blk * width;
+      float *p_hb = part, *p_w = part + b * h, *p_bias = part + b * h + o * h;
+      for (int64_t g = blk * kBlock; g < std::min(n, (blk + 1) * kBlock); ++g) {
+        const float* row = pp + g * h;
+        std::fill(gpg.begin(), gpg.end(), 0.0f);
+        for (int64_t bi = 0; bi < b; ++bi) {
+          const float *hrow = hp + bi * h, *go = vop + (bi * n + g) * o;
+          float *s = gs.data(), *a = act.data(), *acc = gpg.data(), *ph = p_hb + bi * h;
+          std::fill(gs.begin(), gs.end(), 0.0f);
+          for (int64_t c = 0; c < o; ++c) {  // d out / d silu = W^T v_out
+            const float gc = go[c];
+            const float* wr = wp + c * h;
+#pragma omp simd
+            for (int64_t j = 0; j < h; ++j) s[j] += gc * wr[j];
+          }
+#pragma omp simd
+          for (int64_t j = 0; j < h; ++j) {
+            const float x = row[j] + hrow[j];
+            const float sig = 1.0f / (1.0f + exp_s(-x));
+            const float gh = s[j] * (sig * (1.0f + x * (1.0f - sig)));  // silu'(x) = sig (1 + x (1 - sig))
+            a[j] = x * sig;
+            acc[j] += gh;
+            ph[j] += gh;
+          }
+          for (int64_t c = 0; c < o; ++c) {
+            const float gc = go[c];
+            float* wr = p_w + c * h;
+#pragma omp simd
+            for (int64_t j = 0; j < h; ++j) wr[j] += gc * a[j];
+            p_bias[c] += gc;
+          }
+        }
+        std::copy(gpg.begin(), gpg.end(), vpg + g * h);
+      }
+    }
+  });
+  float *vh = v_hb.data_ptr<float>(), *vw = v_w.data_ptr<float>(), *vb = v_bias.data_ptr<float>();
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const float* part = partial.data() + blk * width;
+    for (int64_t i = 0; i < b * h; ++i) vh[i] += part[i];
+    for (int64_t i = 0; i < o * h; ++i) vw[i] += part[b * h + i];
+    for (int64_t i = 0; i < o; ++i) vb[i] += part[b * h + o * h + i];
+  }
+  return {v_pg, v_hb, v_w, v_bias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vasa3d_composite, m) {
@@ -591,6 +669,8 @@ TORCH_LIBRARY_FRAGMENT(vasa3d_composite, m) {
         "Tensor means, Tensor quats, Tensor scales, Tensor v_means, Tensor v_quats, Tensor v_scales, "
         "Tensor v_anchors) -> Tensor[]",
         &bind_backward);
+  m.def("residual_backward(Tensor per_gaussian, Tensor hidden_bias, Tensor weight, Tensor v_out) -> Tensor[]",
+        &residual_backward);
   m.def("frames_forward(Tensor vertices, Tensor faces) -> Tensor[]", &frames_forward);
   m.def("frames_backward(Tensor vertices, Tensor faces, Tensor v_rotations, Tensor v_scales, Tensor v_centroids, "
         "Tensor v_quats) -> Tensor",
