@@ -50,7 +50,8 @@ SHIPPED = "shipped: diffusion + energy jaw"
 
 
 def heldout_utterances(config: Path, split: str, per_language: int | None) -> list[dict]:
-    """The ``split`` utterances of the recipe in ``config``: dicts with ``audio [T, F]``, ``latent``, ``language``."""
+    """The ``split`` utterances of the recipe in ``config``: dicts with ``audio [T, F]``, ``latent``, ``language``,
+    ``voice``, ``waveform [N]`` (float32) and its ``sample_rate``."""
     import yaml
 
     from datamodules.speech_motion import SpeechMotionDataModule, _synthesise_block
@@ -67,7 +68,9 @@ def heldout_utterances(config: Path, split: str, per_language: int | None) -> li
         latent = MotionLatent(torch.from_numpy(item["dyn"]), torch.from_numpy(item["pose"]),
                               torch.from_numpy(item["gaze"]))
         out.append({"audio": torch.from_numpy(item["audio"]).float(), "latent": latent,
-                    "language": spec["language"], "voice": spec["voice"]})
+                    "language": spec["language"], "voice": spec["voice"],
+                    "waveform": item["waveform"].astype(np.float32) / 32767.0,
+                    "sample_rate": datamodule.feature.sample_rate})
     return out
 
 

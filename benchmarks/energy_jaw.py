@@ -31,20 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def utterances(config: Path, cache_dir: Path) -> tuple[list[dict], dict | None]:
-    """(test and validation utterances of the recipe in ``config``, with their waveforms; no augmented copies
-    made, the recipe's augmentation settings)."""
-    import yaml
-
-    from datamodules.speech_motion import SpeechMotionDataModule
-
-    data_args = dict(yaml.safe_load(config.read_text())["data"]["init_args"])
-    datamodule = SpeechMotionDataModule(**{**data_args, "augment_copies": 0, "cache_dir": str(cache_dir)})
-    datamodule.prepare_data()
-    datamodule.setup()
-    return datamodule.heldout_utterances("test") + datamodule.heldout_utterances("val"), data_args.get("augment")
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "experiments/audio2motion.yaml")
     parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--seed", type=int, default=0, help="motion seed and augmentation draws")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache/speech_motion")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--name", default="", help="a suffix for the result files")
     args = parser.parse_args(argv)
@@ -76,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     extractor = motion.feature_extractor()
     fps = float(motion.hparams.fps)
     start = time.perf_counter()
-    utts, augment = utterances(args.config, args.cache_dir)
-    print(f"{len(utts)} held-out utterances ({time.perf_counter() - start:.0f} s)", flush=True)
-    augmenter = AudioAugment.from_config(augment)
+    import yaml
+    from audio2motion import heldout_utterances  # benchmarks/audio2motion.py: the recipe's held-out specs, synthesised
+
+    utts = heldout_utterances(args.config, "test", None) + heldout_utterances(args.config, "val", None)
+    print(f"{len(utts)} held-out utterances synthesised ({time.perf_counter() - start:.0f} s)", flush=True)
+    augmenter = AudioAugment.from_config(yaml.safe_load(args.config.read_text())["data"]["init_args"].get("augment"))
     rng = np.random.default_rng(args.seed)
     sums: dict[tuple[str, str], dict[str, list[float]]] = {}
     for i, utt in enumerate(utts):

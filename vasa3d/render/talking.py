@@ -214,8 +214,9 @@ class TalkingHead:
 class _AudioPump:
     """Pulls audio chunks for the online loop (on the motion thread): each chunk goes to the feature
     stream and, with voice activity, to a ``VoiceActivityStream``. :meth:`features` feeds the motion
-    model; :meth:`gated` closes the mouth of each window it yields, pulling more audio first when the
-    activity of the window's last frames is not yet heard (features need less look-ahead)."""
+    model; :meth:`blended` blends the energy baseline's jaw into each window, from its frames' features;
+    :meth:`gated` then closes the mouth, pulling more audio first when the activity of the window's last
+    frames is not yet heard (features need less look-ahead)."""
 
     def __init__(self, audio_chunks: Iterable[np.ndarray], extractor, fps: float, stats: RenderStats,
                  vad: bool) -> None:

@@ -42,30 +42,64 @@ namespace {
 
 using namespace vasa3d;
 
-// rotmat_to_quat of vasa3d.gaussians.projection: the best-conditioned of the four candidate rows.
+// One triangle's frame (vasa3d.gaussians.binding.triangle_frames) and its quaternion (rotmat_to_quat of
+// vasa3d.gaussians.projection: the best-conditioned of the four candidate rows), shared by the
+// inference pass (avatar_forward) and the training ops (frames_forward/backward).
 template <typename S>
-void rotmat_to_quat(const S m[3][3], S q[4]) {
-  const S tr = m[0][0] + m[1][1] + m[2][2];
-  const S c[4][4] = {{1 + tr, m[2][1] - m[1][2], m[0][2] - m[2][0], m[1][0] - m[0][1]},
-                     {m[2][1] - m[1][2], 1 + m[0][0] - m[1][1] - m[2][2], m[0][1] + m[1][0], m[0][2] + m[2][0]},
-                     {m[0][2] - m[2][0], m[0][1] + m[1][0], 1 - m[0][0] + m[1][1] - m[2][2], m[1][2] + m[2][1]},
-                     {m[1][0] - m[0][1], m[0][2] + m[2][0], m[1][2] + m[2][1], 1 - m[0][0] - m[1][1] + m[2][2]}};
-  int best = 0;
-  S best_norm = S(-1);
-  for (int r = 0; r < 4; ++r) {
-    const S nr = std::sqrt(c[r][0] * c[r][0] + c[r][1] * c[r][1] + c[r][2] * c[r][2] + c[r][3] * c[r][3]);
-    if (nr > best_norm) best_norm = nr, best = r;  // first maximum, as argmax
-  }
-  const S nq = std::max(best_norm, S(1e-12));
-  const S sign = c[best][0] / nq < 0 ? S(-1) : S(1);
-  for (int i = 0; i < 4; ++i) q[i] = sign * c[best][i] / nq;
-}
+inline S dot3(const S* a, const S* b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
 
 template <typename S>
-inline void normalize3(S v[3]) {
-  const S n = std::max(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]), S(1e-12));
-  v[0] /= n, v[1] /= n, v[2] /= n;
+inline void cross3(const S* a, const S* b, S* out) {
+  out[0] = a[1] * b[2] - a[2] * b[1], out[1] = a[2] * b[0] - a[0] * b[2], out[2] = a[0] * b[1] - a[1] * b[0];
 }
+
+// The candidate rows of rotmat_to_quat: row r of 4 q_r q (see vasa3d.gaussians.projection), linear in m.
+template <typename S>
+void quat_candidates(const S m[3][3], S c[4][4]) {
+  const S tr = m[0][0] + m[1][1] + m[2][2];
+  const S rows[4][4] = {{1 + tr, m[2][1] - m[1][2], m[0][2] - m[2][0], m[1][0] - m[0][1]},
+                        {m[2][1] - m[1][2], 1 + m[0][0] - m[1][1] - m[2][2], m[0][1] + m[1][0], m[0][2] + m[2][0]},
+                        {m[0][2] - m[2][0], m[0][1] + m[1][0], 1 - m[0][0] + m[1][1] - m[2][2], m[1][2] + m[2][1]},
+                        {m[1][0] - m[0][1], m[0][2] + m[2][0], m[1][2] + m[2][1], 1 - m[0][0] - m[1][1] + m[2][2]}};
+  for (int r = 0; r < 4; ++r)
+    for (int i = 0; i < 4; ++i) c[r][i] = rows[r][i];
+}
+
+// One triangle's frame: edges, normal, in-plane axes, rotation (columns x, y, normal), scale, centroid.
+template <typename S>
+struct Frame {
+  S e0[3], e1[3], e2[3], d[3], nraw[3], n[3], ax[3], ay[3], m[3][3];
+  S len0, len1, len2, nraw_len, k, c[3];
+  S cand[4][4], cand_norm, sign;
+  int best;
+
+  Frame(const S* v0, const S* v1, const S* v2) {
+    for (int i = 0; i < 3; ++i) e0[i] = v1[i] - v0[i], e1[i] = v2[i] - v1[i], e2[i] = v0[i] - v2[i], d[i] = -e2[i];
+    cross3(e0, d, nraw);
+    nraw_len = std::sqrt(dot3(nraw, nraw)), len0 = std::sqrt(dot3(e0, e0));
+    len1 = std::sqrt(dot3(e1, e1)), len2 = std::sqrt(dot3(e2, e2));
+    const S nd = std::max(nraw_len, S(1e-12)), ad = std::max(len0, S(1e-12));
+    for (int i = 0; i < 3; ++i) n[i] = nraw[i] / nd, ax[i] = e0[i] / ad;
+    cross3(n, ax, ay);
+    for (int i = 0; i < 3; ++i) m[i][0] = ax[i], m[i][1] = ay[i], m[i][2] = n[i];
+    k = (len0 + len1 + len2) / S(3);
+    for (int i = 0; i < 3; ++i) c[i] = (v0[i] + v1[i] + v2[i]) / S(3);
+    quat_candidates(m, cand);
+    best = 0;
+    S best_norm = S(-1);
+    for (int r = 0; r < 4; ++r) {
+      const S nr = std::sqrt(cand[r][0] * cand[r][0] + cand[r][1] * cand[r][1] + cand[r][2] * cand[r][2] +
+                             cand[r][3] * cand[r][3]);
+      if (nr > best_norm) best_norm = nr, best = r;  // the first maximum, as argmax
+    }
+    cand_norm = best_norm;
+    sign = cand[best][0] / std::max(cand_norm, S(1e-12)) < 0 ? S(-1) : S(1);
+  }
+  void quat(S* q) const {
+    const S nq = std::max(cand_norm, S(1e-12));
+    for (int i = 0; i < 4; ++i) q[i] = sign * cand[best][i] / nq;
+  }
+};
 
 // World Gaussians of a mesh-bound head for inference (vasa3d.gaussians.binding.bind_to_world on
 // triangle_frames, plus the residuals and activations of GaussianAvatar.world_gaussians).
@@ -99,20 +133,11 @@ std::vector<at::Tensor> avatar_forward(const at::Tensor& vertices_in, const at::
   const float* v = verts.data_ptr<float>();
   at::parallel_for(0, nf, kSerialBelow, [&](int64_t lo, int64_t hi) {
     for (int64_t f = lo; f < hi; ++f) {
-      const float *v0 = v + 3 * fa[3 * f], *v1 = v + 3 * fa[3 * f + 1], *v2 = v + 3 * fa[3 * f + 2];
-      float e0[3], e1[3], e2[3];
-      for (int i = 0; i < 3; ++i) e0[i] = v1[i] - v0[i], e1[i] = v2[i] - v1[i], e2[i] = v0[i] - v2[i];
-      float nrm[3] = {e0[1] * -e2[2] - e0[2] * -e2[1], e0[2] * -e2[0] - e0[0] * -e2[2], e0[0] * -e2[1] - e0[1] * -e2[0]};
-      float ax[3] = {e0[0], e0[1], e0[2]};
-      normalize3(nrm), normalize3(ax);
-      const float ay[3] = {nrm[1] * ax[2] - nrm[2] * ax[1], nrm[2] * ax[0] - nrm[0] * ax[2], nrm[0] * ax[1] - nrm[1] * ax[0]};
-      float m[3][3];
-      for (int i = 0; i < 3; ++i) m[i][0] = ax[i], m[i][1] = ay[i], m[i][2] = nrm[i];
-      for (int i = 0; i < 9; ++i) rot[9 * f + i] = m[i / 3][i % 3];
-      for (int i = 0; i < 3; ++i) cen[3 * f + i] = (v0[i] + v1[i] + v2[i]) / 3.0f;
-      const auto len = [](const float* e) { return std::sqrt(e[0] * e[0] + e[1] * e[1] + e[2] * e[2]); };
-      scl[f] = (len(e0) + len(e1) + len(e2)) / 3.0f;
-      rotmat_to_quat<float>(m, fq.data() + 4 * f);
+      const Frame<float> fr(v + 3 * fa[3 * f], v + 3 * fa[3 * f + 1], v + 3 * fa[3 * f + 2]);
+      for (int i = 0; i < 9; ++i) rot[9 * f + i] = fr.m[i / 3][i % 3];
+      for (int i = 0; i < 3; ++i) cen[3 * f + i] = fr.c[i];
+      scl[f] = fr.k;
+      fr.quat(fq.data() + 4 * f);
     }
   });
   const auto opts = verts.options();
@@ -375,62 +400,6 @@ std::vector<at::Tensor> bind_backward(const at::Tensor& rotations, const at::Ten
 
 // ---------------------------------------------------------------------------------------------------
 // Training: the per-triangle half (triangle_frames and each frame's quaternion), forward and backward.
-
-template <typename S>
-inline S dot3(const S* a, const S* b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
-
-template <typename S>
-inline void cross3(const S* a, const S* b, S* out) {
-  out[0] = a[1] * b[2] - a[2] * b[1], out[1] = a[2] * b[0] - a[0] * b[2], out[2] = a[0] * b[1] - a[1] * b[0];
-}
-
-// The candidate rows of rotmat_to_quat: row r of 4 q_r q (see vasa3d.gaussians.projection), linear in m.
-template <typename S>
-void quat_candidates(const S m[3][3], S c[4][4]) {
-  const S tr = m[0][0] + m[1][1] + m[2][2];
-  const S rows[4][4] = {{1 + tr, m[2][1] - m[1][2], m[0][2] - m[2][0], m[1][0] - m[0][1]},
-                        {m[2][1] - m[1][2], 1 + m[0][0] - m[1][1] - m[2][2], m[0][1] + m[1][0], m[0][2] + m[2][0]},
-                        {m[0][2] - m[2][0], m[0][1] + m[1][0], 1 - m[0][0] + m[1][1] - m[2][2], m[1][2] + m[2][1]},
-                        {m[1][0] - m[0][1], m[0][2] + m[2][0], m[1][2] + m[2][1], 1 - m[0][0] - m[1][1] + m[2][2]}};
-  for (int r = 0; r < 4; ++r)
-    for (int i = 0; i < 4; ++i) c[r][i] = rows[r][i];
-}
-
-// One triangle's frame: edges, normal, in-plane axes, rotation (columns x, y, normal), scale, centroid.
-template <typename S>
-struct Frame {
-  S e0[3], e1[3], e2[3], d[3], nraw[3], n[3], ax[3], ay[3], m[3][3];
-  S len0, len1, len2, nraw_len, k, c[3];
-  S cand[4][4], cand_norm, sign;
-  int best;
-
-  Frame(const S* v0, const S* v1, const S* v2) {
-    for (int i = 0; i < 3; ++i) e0[i] = v1[i] - v0[i], e1[i] = v2[i] - v1[i], e2[i] = v0[i] - v2[i], d[i] = -e2[i];
-    cross3(e0, d, nraw);
-    nraw_len = std::sqrt(dot3(nraw, nraw)), len0 = std::sqrt(dot3(e0, e0));
-    len1 = std::sqrt(dot3(e1, e1)), len2 = std::sqrt(dot3(e2, e2));
-    const S nd = std::max(nraw_len, S(1e-12)), ad = std::max(len0, S(1e-12));
-    for (int i = 0; i < 3; ++i) n[i] = nraw[i] / nd, ax[i] = e0[i] / ad;
-    cross3(n, ax, ay);
-    for (int i = 0; i < 3; ++i) m[i][0] = ax[i], m[i][1] = ay[i], m[i][2] = n[i];
-    k = (len0 + len1 + len2) / S(3);
-    for (int i = 0; i < 3; ++i) c[i] = (v0[i] + v1[i] + v2[i]) / S(3);
-    quat_candidates(m, cand);
-    best = 0;
-    S best_norm = S(-1);
-    for (int r = 0; r < 4; ++r) {
-      const S nr = std::sqrt(cand[r][0] * cand[r][0] + cand[r][1] * cand[r][1] + cand[r][2] * cand[r][2] +
-                             cand[r][3] * cand[r][3]);
-      if (nr > best_norm) best_norm = nr, best = r;  // the first maximum, as argmax
-    }
-    cand_norm = best_norm;
-    sign = cand[best][0] / std::max(cand_norm, S(1e-12)) < 0 ? S(-1) : S(1);
-  }
-  void quat(S* q) const {
-    const S nq = std::max(cand_norm, S(1e-12));
-    for (int i = 0; i < 4; ++i) q[i] = sign * cand[best][i] / nq;
-  }
-};
 
 // d normalize(x) / dx applied to g: (g - u (u . g)) / |x| (x / eps below eps, as F.normalize)
 template <typename S, int D>
