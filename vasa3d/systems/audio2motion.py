@@ -224,7 +224,7 @@ class Audio2Motion(L.LightningModule):
         """``latent [T]`` with its ``jaw_open`` moved toward the energy baseline's for the same audio features
         ``[T, F]``: ``(1 - w) * jaw + w * baseline``, ``w`` = ``weight`` or ``hparams.energy_jaw``. Frame by
         frame, so the online loop applies it window by window with the same result."""
-        weight = float(self.hparams.get("energy_jaw", 0.0) if weight is None else weight)
+        weight = float(self.hparams.energy_jaw if weight is None else weight)
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"blend_energy_jaw: weight {weight} must be in [0, 1]")
         if weight == 0.0:
