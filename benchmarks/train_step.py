@@ -6,7 +6,8 @@ steps on batches of the data that ``--config`` describes (its cached teacher cli
 backward and an Adam step over every parameter, as ``SubjectFitting.training_step`` does without
 densification and logging. Then ``torch.profiler`` records ``--profile-steps`` more steps, and the self CPU
 time of every op is summed by kind: the compiled compositor, the compiled mesh binding and residual MLP, projection
-and binning, matrix products, convolutions (SSIM) and the remaining torch ops, with their count per step.
+and binning, the compiled D-SSIM, matrix products, convolutions (the D-SSIM's torch reference) and the remaining
+torch ops, with their count per step.
 
 Run:  python benchmarks/train_step.py --run outputs/fit_subject/astronaut [--config experiments/fit_subject.yaml]
 Writes benchmarks/results/<date>-train_step.{md,csv,json}. Run it alone: it times the CPU.
@@ -28,6 +29,7 @@ KINDS = (  # (row, op-name prefixes), first match wins; everything else is "othe
     ("compositing backward", ("vasa3d_composite::backward",)),
     ("mesh binding (frames_* and bind_* ops)", ("vasa3d_composite::bind_", "vasa3d_composite::frames_")),
     ("residual MLP (residual_forward/backward)", ("vasa3d_composite::residual_",)),
+    ("D-SSIM (ssim_forward/backward)", ("vasa3d_composite::ssim_",)),
     ("projection and binning", ("vasa3d_composite::",)),
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
     ("convolutions", ("aten::convolution", "aten::mkldnn_convolution", "aten::_convolution")),
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         for backend, label in (("torch", "torch layers"), ("compiled", "compiled (residual_forward/backward)")):
             rows[f"residual MLP per step, {label}"] = {"ms_per_step": MetricResult(residual[backend]),
                                                        "share": uncounted, "ops_per_step": uncounted}
+    ssim = dssim_ms(batches[0])
+    for backend, label in (("torch", "torch reference (convolutions)"), ("auto", "compiled (ssim_forward/backward)")):
+        rows[f"D-SSIM per step, {label}"] = {"ms_per_step": MetricResult(ssim[backend]), "share": uncounted,
+                                            "ops_per_step": uncounted}
     notes = (f"Run {checkpoint} ({system.head.num_gaussians} Gaussians), batches of {batches[0]['image'].shape[0]} "
              f"frames at {size} px from {args.config}; {torch.get_num_threads()} threads. Timed: mean of "
              f"{args.steps} steps after 2 warm-up steps. Profiled: self CPU time per kind of op over "
@@ -136,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
              "the other torch ops, by self time. mesh binding per frame: triangle_frames + bind_to_world (with "
              "anchors) of one posed frame, forward and backward, median of 20, each backend in turn (ms per frame, "
              "not per step). residual MLP per step: ResidualDeformer on the batch's conditions, forward and backward, "
-             "torch layers against the compiled tail, median of 20, interleaved.")
+             "torch layers against the compiled tail, median of 20, interleaved. D-SSIM per step: the loss on the "
+             "batch's frames against a noisy copy, weighted by their masks, forward and backward, the torch "
+             "reference against the compiled kernel, median of 20, interleaved.")
     command = shlex.join([sys.executable.rsplit("/", 1)[-1], "benchmarks/train_step.py", *(argv or sys.argv[1:])])
     paths = write_table(rows, args.name, out_dir=args.out_dir, reference=None, command=command, notes=notes,
                         directions={"ms_per_step": -1, "share": 0, "ops_per_step": 0})
@@ -187,6 +195,23 @@ def residual_ms(system, batch, repeats: int = 20) -> dict[str, float]:
             out.square().sum().backward()
             times[backend].append(time.perf_counter() - start)
     system.zero_grad(set_to_none=True)
+    return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
+
+
+def dssim_ms(batch, repeats: int = 20) -> dict[str, float]:
+    """ms of the D-SSIM loss on ``batch``'s frames against a noisy copy of them, weighted by their masks, forward and
+    backward: the torch reference (depthwise convolutions) and the compiled kernel, interleaved (median of ``repeats``)."""
+    from vasa3d.losses.rendering import dssim
+
+    target, mask = batch["image"].float(), batch["mask"].float()
+    noisy = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    times: dict[str, list[float]] = {"torch": [], "auto": []}
+    for _ in range(repeats + 1):
+        for backend in times:
+            render = noisy.clone().requires_grad_()
+            start = time.perf_counter()
+            dssim(render, target, mask, backend=backend).backward()
+            times[backend].append(time.perf_counter() - start)
     return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
 
 

@@ -15,6 +15,7 @@ def test_ops_are_sorted_into_kinds():
     assert train_step.kind_of("vasa3d_composite::backward") == "compositing backward"
     assert train_step.kind_of("vasa3d_composite::forward") == "compositing forward"
     assert train_step.kind_of("vasa3d_composite::project_backward") == "projection and binning"
+    assert train_step.kind_of("vasa3d_composite::ssim_backward") == "D-SSIM (ssim_forward/backward)"
     assert train_step.kind_of("aten::addmm") == "matrix products"
     assert train_step.kind_of("aten::convolution_backward") == "convolutions"
     assert train_step.kind_of("aten::mul") == "other torch ops"

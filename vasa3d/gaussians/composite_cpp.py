@@ -11,6 +11,8 @@ projection with a hand-written backward, binning, and a fused forward-only rende
   cameras, no autograd, Gaussians below the 1/255 opacity cut-off culled before binning.
 - ``torch.ops.vasa3d_composite.avatar_forward`` (``csrc/avatar.cpp``): the world Gaussians of a
   mesh-bound head for inference, used by :class:`vasa3d.gaussians.avatar.GaussianAvatar`.
+- :func:`ssim_map_cpp` (``csrc/ssim.cpp``): :func:`vasa3d.losses.rendering.ssim_map` with a hand-written
+  backward to the render, for the D-SSIM loss of every fitting step.
 
 The training path of :func:`vasa3d.gaussians.render.rasterize` chains the first three; without
 autograd it calls the last. The kernels are compiled with
@@ -39,12 +41,13 @@ from torch.autograd.function import once_differentiable
 
 from vasa3d.gaussians.composite import TileBins
 
-__all__ = ["composite_cpp", "bin_gaussians_cpp", "project_cpp", "render_forward_cpp", "is_available", "load", "build_dir"]
+__all__ = ["composite_cpp", "bin_gaussians_cpp", "project_cpp", "render_forward_cpp", "ssim_map_cpp", "is_available",
+           "load", "build_dir"]
 
 _NAME = "vasa3d_composite"
 _SOURCE = Path(__file__).with_name("csrc") / "composite.cpp"
 _EXTRA_SOURCES = tuple(Path(__file__).with_name("csrc") / name  # projection, binning, fused forward; the avatar
-                       for name in ("render.cpp", "avatar.cpp"))
+                       for name in ("render.cpp", "avatar.cpp", "ssim.cpp"))
 _HEADERS = tuple(Path(__file__).with_name("csrc") / name for name in ("tiles.h", "projection.h"))
 _CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-DNDEBUG")
 _LDFLAGS = ("-fopenmp",)
@@ -98,6 +101,7 @@ def load() -> bool:
             torch.ops.vasa3d_composite.render_forward  # noqa: B018
             torch.ops.vasa3d_composite.avatar_forward  # noqa: B018
             torch.ops.vasa3d_composite.residual_forward  # noqa: B018
+            torch.ops.vasa3d_composite.ssim_forward  # noqa: B018
             _state["ok"] = True
         except Exception as exc:  # noqa: BLE001 - any failure means "use the torch path"
             _state["error"] = f"{type(exc).__name__}: {_first_error(str(exc))}"
@@ -299,3 +303,33 @@ def project_cpp(
     means, quats, scales, viewmats, Ks = (t.to(dtype).contiguous() for t in (means, quats, scales, viewmats, Ks))
     return _Project.apply(means, quats, scales, viewmats, Ks, int(width), int(height), float(eps2d),
                           float(near_plane), float(far_plane), float(radius_clip))
+
+
+class _SSIMMap(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, render: Tensor, target: Tensor, window: Tensor) -> Tensor:
+        ctx.save_for_backward(render, target, window)
+        return torch.ops.vasa3d_composite.ssim_forward(render, target, window)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, v_ssim: Tensor) -> tuple[Tensor | None, None, None]:
+        render, target, window = ctx.saved_tensors
+        return torch.ops.vasa3d_composite.ssim_backward(render, target, window, v_ssim.contiguous()), None, None
+
+
+def ssim_map_cpp(render: Tensor, target: Tensor, window: Tensor) -> Tensor:
+    """Per-pixel SSIM ``[B, C, H - K + 1, W - K + 1]`` of ``render`` and ``target [B, C, H, W]`` with the separable
+    window ``window [K]`` (applied along rows, then columns), in C++, differentiable in ``render`` only (the
+    target is a constant: use the torch reference, :func:`vasa3d.losses.rendering.ssim_map`, for its gradient)."""
+    if not load():
+        raise RuntimeError(f"vasa3d: the C++ compositor is unavailable ({_state['error']})")
+    if target.requires_grad and torch.is_grad_enabled():
+        raise ValueError("ssim_map_cpp: no gradient to the target; use vasa3d.losses.rendering.ssim_map(backend='torch')")
+    if render.dtype not in (torch.float32, torch.float64) or render.shape != target.shape or render.dim() != 4:
+        raise ValueError(f"ssim_map_cpp: two float32/float64 [B, C, H, W] images of one size expected, got "
+                         f"{tuple(render.shape)} {render.dtype} and {tuple(target.shape)} {target.dtype}")
+    b, c, h, w = render.shape
+    planes = (t.to(render.dtype).reshape(b * c, h, w).contiguous() for t in (render, target.detach()))
+    out = _SSIMMap.apply(*planes, window.detach().to(render.dtype).contiguous())
+    return out.reshape(b, c, *out.shape[1:])
