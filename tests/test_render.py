@@ -86,6 +86,25 @@ def test_rasterize_torch_backend_outputs_and_gradients():
     assert out.info["means2d"].grad is not None  # for densification
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_rasterize_without_depth_gives_the_same_images_and_gradients(backend, request):
+    if backend == "cpp":
+        request.getfixturevalue("compiled_kernels")
+    means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(200, dtype=torch.float64)
+    runs = []
+    for depth in (True, False):
+        params = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
+        out = rasterize(*params, viewmats, Ks, 64, 48, backgrounds=torch.ones(3, dtype=torch.float64),
+                        backend=backend, depth=depth)
+        (out.rgb.sin().sum() + out.alpha.square().sum()).backward()
+        runs.append((out, [p.grad for p in params]))
+    (with_depth, grads_with), (without, grads_without) = runs
+    assert without.depth is None and with_depth.depth is not None
+    assert torch.equal(without.rgb, with_depth.rgb) and torch.equal(without.alpha, with_depth.alpha)
+    for a, b in zip(grads_with, grads_without):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
+
+
 def test_rasterize_rejects_bad_shapes():
     means, quats, scales, opac, colors, viewmats, Ks = random_scene3d(10)
     with pytest.raises(ValueError, match="scales"):

@@ -27,7 +27,7 @@ class RenderOutput:
 
     rgb: Tensor  # [C, H, W, K] colours composited over the background
     alpha: Tensor  # [C, H, W, 1] accumulated opacity
-    depth: Tensor  # [C, H, W, 1] expected depth (camera z), 0 where alpha is 0
+    depth: Tensor | None  # [C, H, W, 1] expected depth (camera z), 0 where alpha is 0; None if not asked for
     info: dict[str, Any] = field(default_factory=dict)  # means2d, radii, ... for densification
 
 
@@ -64,8 +64,10 @@ def rasterize(
     backgrounds: Tensor | None = None,  # [C, K] or [K]
     tile_size: int = 16,
     backend: Backend = "auto",
+    depth: bool = True,
 ) -> RenderOutput:
-    """Render N Gaussians into C cameras; returns colours, alpha and expected depth.
+    """Render N Gaussians into C cameras; returns colours, alpha and expected depth (``depth=False``: no depth,
+    ``RenderOutput.depth`` is None, and the CPU training path composites one channel fewer).
 
     ``backend="auto"`` uses gsplat on CUDA and, on the CPU, the compiled C++ kernel
     (built on first use) or, if it cannot be built, the pure-torch reference.
@@ -90,13 +92,14 @@ def rasterize(
     chosen = resolve_backend(backend, means.device)
     if chosen == "gsplat":
         return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                                 near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size)
+                                 near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size, depth)
 
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means, quats, scales, opacities, colors, viewmats, Ks))
     if chosen == "cpp" and not needs_grad:
-        return _rasterize_cpp_forward(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                                      near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size)
+        out = _rasterize_cpp_forward(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                     near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size)
+        return out if depth else RenderOutput(out.rgb, out.alpha, None, out.info)
 
     clock = time.perf_counter()
     if chosen == "cpp" and not (viewmats.requires_grad or Ks.requires_grad):
@@ -110,7 +113,9 @@ def rasterize(
         means2d, conics, depths, radii = proj.means2d, proj.conics, proj.depths, proj.radii
     if means2d.requires_grad:
         means2d.retain_grad()
-    features = torch.cat([colors[None].expand(n_cams, -1, -1), depths[..., None]], dim=-1)
+    features = colors[None].expand(n_cams, -1, -1)
+    if depth:
+        features = torch.cat([features, depths[..., None]], dim=-1)
     stage_ms = {"projection": 1e3 * (time.perf_counter() - clock), "binning": 0.0, "compositing": 0.0}
     rendered, alphas = [], []
     for cam in range(n_cams):
@@ -133,14 +138,14 @@ def rasterize(
         rendered.append(img)
         alphas.append(acc)
     rendered, alpha = torch.stack(rendered), torch.stack(alphas)
-    rgb, depth_sum = rendered[..., :-1], rendered[..., -1:]
+    rgb, depth_sum = (rendered[..., :-1], rendered[..., -1:]) if depth else (rendered, None)
     if backgrounds is not None:
         rgb = rgb + (1.0 - alpha) * backgrounds[:, None, None, :]
-    depth = depth_sum / alpha.clamp(min=1e-10)
+    expected_depth = depth_sum / alpha.clamp(min=1e-10) if depth else None
     info = {"means2d": means2d, "radii": radii, "depths": depths, "conics": conics,
             "width": width, "height": height, "n_cameras": n_cams, "gaussian_ids": None,
             "tile_size": tile_size, "backend": chosen, "stage_ms": stage_ms}
-    return RenderOutput(rgb, alpha, depth, info)
+    return RenderOutput(rgb, alpha, expected_depth, info)
 
 
 def _rasterize_cpp_forward(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
@@ -166,7 +171,7 @@ def _rasterize_cpp_forward(means, quats, scales, opacities, colors, viewmats, Ks
 
 
 def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                      near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size) -> RenderOutput:
+                      near_plane, far_plane, eps2d, radius_clip, backgrounds, tile_size, depth=True) -> RenderOutput:
     import gsplat
 
     with warnings.catch_warnings():
@@ -174,7 +179,9 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, wid
         rendered, alpha, meta = gsplat.rasterization(
             means, quats, scales, opacities, colors, viewmats, Ks, width, height,
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, radius_clip=radius_clip,
-            backgrounds=backgrounds, render_mode="RGB+ED", tile_size=tile_size, packed=False,
+            backgrounds=backgrounds, render_mode="RGB+ED" if depth else "RGB", tile_size=tile_size, packed=False,
         )
     meta["backend"] = "gsplat"
+    if not depth:
+        return RenderOutput(rendered, alpha, None, meta)
     return RenderOutput(rendered[..., :-1], alpha, rendered[..., -1:], meta)

@@ -301,7 +301,8 @@ class SubjectFitting(SubjectEvaluation, L.LightningModule):
             surface = g["anchors"] @ viewmat[2, :3] + viewmat[2, 3]
             colors = torch.cat([g["colors"], (depth - surface)[:, None]], dim=-1)
             out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], colors, viewmat[None],
-                            batch["K"][b:b + 1], size, size, backgrounds=background, backend=self.hparams.backend)
+                            batch["K"][b:b + 1], size, size, backgrounds=background, backend=self.hparams.backend,
+                            depth=False)
             image = out.rgb[0].permute(2, 0, 1)
             rgbs.append(image[:3])
             offsets.append(image[3:])
