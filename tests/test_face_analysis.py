@@ -200,3 +200,28 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
     truncated.write_bytes(truncated.read_bytes()[:5000])
     with pytest.raises(UnreadableImageError, match=r"truncated\.png"):
         load_image(truncated)
+
+
+def test_one_landmarker_over_many_frames_gives_what_fresh_graphs_give(astronaut: np.ndarray) -> None:
+    """detect_landmarks keeps one set of mediapipe graphs for every frame: each frame's landmarks must equal, to
+    the bit, those analyze_portrait finds with graphs built for it alone; NaN where that finds no face."""
+    import torch
+
+    from vasa3d.teachers.evaluation import detect_landmarks
+
+    side = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    shifted = np.roll(side, (9, -13), axis=(0, 1))
+    turned = cv2.warpAffine(side, cv2.getRotationMatrix2D((128, 128), 12, 1.1), (256, 256),
+                            borderMode=cv2.BORDER_REFLECT)
+    blank = np.full_like(side, 127)
+    images = [side, blank, turned, side[:, ::-1].copy(), shifted]  # the blank frame in the middle of the run
+    frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    found = detect_landmarks(frames, min_face_px=32).numpy()
+    for image, landmarks in zip(images, found):
+        try:
+            expected = analyze_portrait(image, crop_size=128, min_face_px=32).landmarks_image
+        except NoFaceError:
+            assert np.isnan(landmarks).all()
+            continue
+        assert np.array_equal(landmarks, expected.astype(np.float32))
+    assert np.isnan(found[1]).all() and not np.isnan(found[[0, 2, 3, 4]]).any()

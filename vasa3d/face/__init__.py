@@ -1,6 +1,7 @@
 """Face analysis (portrait -> aligned crop, 478 landmarks, camera) and the head template."""
 
 from vasa3d.face.analysis import (
+    FaceLandmarker,
     PortraitAnalysis,
     alignment_affine,
     analyze_portrait,
@@ -26,6 +27,7 @@ __all__ = [
     "REGION_NAMES",
     "FaceAnalysisError",
     "FaceIndexError",
+    "FaceLandmarker",
     "FaceTooSmallError",
     "HeadTemplate",
     "LandmarkError",

@@ -72,21 +72,10 @@ def analyze_portrait(
         raise UserInputError(f"fov_deg={fov_deg} must lie strictly between 0 and 180 degrees (20 is typical)")
     source = describe_source(image_or_path)
     image = load_image(image_or_path)
-    boxes = detect_faces(image)
-    if not boxes:
-        raise NoFaceError(
-            f"{source}: no face found in the {image.shape[1]}x{image.shape[0]} image — "
-            "use a photo with one clearly visible face, not too turned away, covered or blurred"
-        )
-    chosen = _choose_face(boxes, face_index, source)
+    with FaceLandmarker() as landmarker:
+        landmarks_image, boxes, chosen = landmarker.landmarks(image, face_index=face_index, min_face_px=min_face_px,
+                                                              source=source)
     box = boxes[chosen]
-    width = box[2] - box[0]
-    if width < min_face_px:
-        raise FaceTooSmallError(
-            f"{source}: the face is {width:.0f} px wide; at least {min_face_px} px is needed — "
-            "use a closer crop or a larger photo"
-        )
-    landmarks_image = _mesh_landmarks(image, box, source)
     affine = alignment_affine(landmarks_image, crop_size)
     crop = warp_to_crop(image, affine, crop_size)
     landmarks = landmarks_image.copy()
@@ -118,19 +107,81 @@ def analyze_portrait(
     )
 
 
-def detect_faces(image: np.ndarray) -> list[np.ndarray]:
+class FaceLandmarker:
+    """mediapipe's two face detectors and its face mesh, each built on first use and kept for the next image.
+
+    Every graph runs in static-image mode (each image on its own), so an image gets the same boxes and landmarks as
+    from graphs built for it alone; over many frames (``vasa3d.teachers.evaluation.detect_landmarks``) this saves
+    building three graphs per frame. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._graphs: dict[str, object] = {}
+
+    def _graph(self, name: str):
+        if name not in self._graphs:
+            with native_stderr_silenced():
+                if name == "mesh":
+                    self._graphs[name] = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
+                                                                         max_num_faces=2)
+                else:  # "detector1" (full range) or "detector0" (short range)
+                    self._graphs[name] = mp.solutions.face_detection.FaceDetection(
+                        model_selection=int(name[-1]), min_detection_confidence=0.5)
+        return self._graphs[name]
+
+    def process(self, name: str, image: np.ndarray):
+        graph = self._graph(name)
+        with native_stderr_silenced():
+            return graph.process(image)
+
+    def close(self) -> None:
+        for graph in self._graphs.values():
+            graph.close()
+        self._graphs.clear()
+
+    def __enter__(self) -> FaceLandmarker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def landmarks(self, image: np.ndarray, *, face_index: int | None = None, min_face_px: int = 64,
+                  source: str = "<array>") -> tuple[np.ndarray, list[np.ndarray], int]:
+        """The chosen face's [478, 3] landmarks (image px; z depth in px) in ``image`` [H, W, 3] uint8 RGB, with
+        every detected face box and the chosen one's index (see :func:`analyze_portrait` for the arguments and
+        the errors raised)."""
+        boxes = detect_faces(image, self)
+        if not boxes:
+            raise NoFaceError(
+                f"{source}: no face found in the {image.shape[1]}x{image.shape[0]} image — "
+                "use a photo with one clearly visible face, not too turned away, covered or blurred"
+            )
+        chosen = _choose_face(boxes, face_index, source)
+        box = boxes[chosen]
+        width = box[2] - box[0]
+        if width < min_face_px:
+            raise FaceTooSmallError(
+                f"{source}: the face is {width:.0f} px wide; at least {min_face_px} px is needed — "
+                "use a closer crop or a larger photo"
+            )
+        return _mesh_landmarks(image, box, source, self), boxes, chosen
+
+
+def detect_faces(image: np.ndarray, landmarker: FaceLandmarker | None = None) -> list[np.ndarray]:
     """Return face boxes [4] (x0, y0, x1, y1, image px; may reach outside) by decreasing area.
 
     Uses mediapipe's full-range detector, then the short-range one if the first finds nothing.
 
     Args:
         image: [H, W, 3] uint8 RGB.
+        landmarker: whose detectors to use (they are kept for later images); None: built for this image only.
     """
+    if landmarker is None:
+        with FaceLandmarker() as own:
+            return detect_faces(image, own)
     height, width = image.shape[:2]
     for model in (1, 0):
-        with native_stderr_silenced(), mp.solutions.face_detection.FaceDetection(
-                model_selection=model, min_detection_confidence=0.5) as detector:
-            result = detector.process(image)
+        result = landmarker.process(f"detector{model}", image)
         if result.detections:
             break
     else:
@@ -160,12 +211,12 @@ def _choose_face(boxes: list[np.ndarray], face_index: int | None, source: str) -
             f"centred at x={0.5 * (x0 + x1):.0f}, y={0.5 * (y0 + y1):.0f}) — pass face_index={others} "
             "to analyse another (faces are numbered by decreasing size)",
             MultipleFacesWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return 0
 
 
-def _mesh_landmarks(image: np.ndarray, box: np.ndarray, source: str) -> np.ndarray:
+def _mesh_landmarks(image: np.ndarray, box: np.ndarray, source: str, landmarker: FaceLandmarker) -> np.ndarray:
     """Return [478, 3] landmarks (image px; z depth in px) of the face in ``box``, via an enlarged crop."""
     side = MESH_CONTEXT * max(box[2] - box[0], box[3] - box[1])
     scale = MESH_INPUT_PX / side
@@ -173,9 +224,7 @@ def _mesh_landmarks(image: np.ndarray, box: np.ndarray, source: str) -> np.ndarr
     affine = np.array([[scale, 0.0, MESH_INPUT_PX / 2 - scale * centre[0]],
                        [0.0, scale, MESH_INPUT_PX / 2 - scale * centre[1]]])
     view = np.round(warp_to_crop(image, affine, MESH_INPUT_PX) * 255.0).astype(np.uint8)
-    with native_stderr_silenced(), mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
-                                                                   max_num_faces=2) as mesh:
-        result = mesh.process(view)
+    result = landmarker.process("mesh", view)
     if not result.multi_face_landmarks:
         raise LandmarkError(
             f"{source}: a face was detected at x={centre[0]:.0f}, y={centre[1]:.0f} but the face mesh could not "

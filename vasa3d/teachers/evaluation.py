@@ -9,22 +9,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vasa3d.face import FaceAnalysisError, analyze_portrait
+from vasa3d.face import FaceAnalysisError, FaceLandmarker
 
 
 def detect_landmarks(frames: Tensor, min_face_px: int = 32) -> Tensor:
-    """mediapipe's 478 landmarks ``[T, 478, 3]`` (frame px x, y and depth z) on ``frames [T, 3, H, W]``;
-    NaN rows where no face is found."""
+    """mediapipe's 478 landmarks ``[T, 478, 3]`` (frame px x, y and depth z) on ``frames [T, 3, H, W]``, of the
+    largest face (``analyze_portrait``'s landmarks, without its crop, matte and camera); NaN rows where no face is
+    found. One set of mediapipe graphs serves every frame."""
     found = torch.full((frames.shape[0], 478, 3), math.nan)
-    for t, frame in enumerate(frames):
-        image = (frame.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                analysis = analyze_portrait(image, crop_size=128, min_face_px=min_face_px)
-        except FaceAnalysisError:
-            continue
-        found[t] = torch.from_numpy(analysis.landmarks_image.astype(np.float32))
+    with FaceLandmarker() as landmarker:
+        for t, frame in enumerate(frames):
+            image = (frame.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    landmarks, _, _ = landmarker.landmarks(image, min_face_px=min_face_px)
+            except FaceAnalysisError:
+                continue
+            found[t] = torch.from_numpy(landmarks.astype(np.float32))
     return found
 
 
