@@ -120,11 +120,12 @@ def test_the_second_window_waits_for_the_first_frame():
 
     from vasa3d.render.talking import RenderStats, _run_ahead
 
-    made = []
+    made, threads = [], []
 
     def windows():
         for i in range(4):
             made.append(i)
+            threads.append(threading.current_thread().name)
             yield i
 
     shown = threading.Event()
@@ -136,5 +137,15 @@ def test_the_second_window_waits_for_the_first_frame():
     time.sleep(0.3)
     assert made[:2] == [0, 1]
     assert list(ahead) == [1, 2, 3]
+    # the first window is made on the caller's thread (all of its cores, nothing to overlap), the rest ahead
+    assert threads == [threading.current_thread().name] + ["vasa3d-motion"] * 3
     never = _run_ahead(iter(range(3)), RenderStats(), after_first=threading.Event())
     assert list(never) == [0, 1, 2]  # no frame shown: the next request releases it
+
+    def broken_first():
+        raise ValueError("bad first window")
+        yield 0
+
+    with pytest.raises(ValueError, match="bad first window"):
+        next(_run_ahead(broken_first(), RenderStats(), after_first=threading.Event()))
+    assert list(_run_ahead(iter(()), RenderStats(), after_first=threading.Event())) == []

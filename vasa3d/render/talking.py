@@ -307,11 +307,23 @@ def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int =
                after_first: threading.Event | None = None) -> Iterator[MotionLatent]:
     """Yield ``windows`` while a thread already generates the next ones (at most ``depth`` ahead), so
     motion generation overlaps rendering; its time goes to ``stats.motion_s``. Errors re-raise here.
-    With ``after_first``, the second window waits until that event is set (the first frame is out), so
-    the first frame's rendering has the cores to itself."""
+
+    With ``after_first``, the first window is generated here, on the caller's thread and all of its cores
+    (nothing overlaps it: the consumer waits for it), and the thread starts on the second window once that
+    event is set (the first frame is out), so the first frame's rendering has the cores to itself. (Giving
+    the motion thread two cores for the first window instead was slower, 150-300 ms against 90-120 ms for a
+    window of 10: its OpenMP team competed with the caller's, still spinning.)"""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
+    first = None
+    if after_first is not None:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            first = next(windows, done)
+        stats.motion_s += time.perf_counter() - t0
+        if first is done:
+            return
 
     def offer(item) -> None:
         while not stop.is_set():
@@ -324,7 +336,9 @@ def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int =
     def produce() -> None:
         # One thread for the motion model: it overlaps the renderer, which keeps the cores busy.
         torch.set_num_threads(1)
-        hold = after_first
+        if after_first is not None:
+            while not (after_first.wait(0.1) or stop.is_set()):
+                pass
         with torch.inference_mode():
             try:
                 item = None
@@ -333,16 +347,15 @@ def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int =
                     item = next(windows, done)
                     stats.motion_s += time.perf_counter() - t0
                     offer(item)
-                    if hold is not None:
-                        while not (hold.wait(0.1) or stop.is_set()):
-                            pass
-                        hold = None
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 offer(exc)
 
     worker = threading.Thread(target=produce, name="vasa3d-motion", daemon=True)
     worker.start()
     try:
+        if first is not None:
+            yield first
+            after_first.set()  # the consumer wants the next window: never hold it back
         while True:
             item = ready.get()
             if item is done:
@@ -350,8 +363,6 @@ def _run_ahead(windows: Iterator[MotionLatent], stats: RenderStats, depth: int =
             if isinstance(item, BaseException):
                 raise item
             yield item
-            if after_first is not None:  # the consumer wants the next window: never hold it back
-                after_first.set()
     finally:
         stop.set()
         worker.join()
