@@ -170,18 +170,22 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         return Path(self.hparams.cache_dir) / self.cache_key()
 
     def prepare_data(self) -> None:
-        """Render and cache every clip unless a complete cache with the same key exists."""
-        manifest_path = self.cache_path / "manifest.json"
+        """Render and cache every clip unless a complete cache with the same key exists.
+
+        The folder is resolved once: the key hashes the source files on disk, and an edit made while the clips
+        render (this process keeps the code it loaded) must not send the rest of them to another folder."""
+        cache = self.cache_path
+        manifest_path = cache / "manifest.json"
         if manifest_path.is_file():
             return
-        self.cache_path.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
         hp = self.hparams
         clips, subjects = [], []
         for s, portrait in enumerate(self.portraits):
             analysis = analyze_portrait(default_portrait() if portrait is None else portrait,
                                         crop_size=hp.crop_size)
             reference = portrait_sample(analysis)
-            np.savez(self.cache_path / f"subject_{s:03d}.npz", viewmat=analysis.viewmat, K=analysis.K,
+            np.savez(cache / f"subject_{s:03d}.npz", viewmat=analysis.viewmat, K=analysis.K,
                      landmarks=analysis.landmarks, image=reference["image"].numpy(), mask=reference["mask"].numpy(),
                      region=reference["region"].numpy())
             subjects.append({"portrait": portrait or "<astronaut>", "file": f"subject_{s:03d}.npz"})
@@ -198,17 +202,17 @@ class SyntheticVideoDataModule(L.LightningDataModule):
                 wide = c >= len(plan) - 2 * hp.wide_clips
                 latents = sample_talking_motion(hp.frames_per_clip, hp.latent_dim, hp.fps, tuple(yaw_range),
                                                 tuple(hp.wide_pitch_deg if wide else hp.pitch_range_deg), seed=seed)
-                clips.append(self._render_clip(analysis, latents, s, split, c))
-        manifest = {"version": CACHE_VERSION, "key": self.cache_key(), "settings": dict(self.hparams),
+                clips.append(self._render_clip(cache, analysis, latents, s, split, c))
+        manifest = {"version": CACHE_VERSION, "key": cache.name, "settings": dict(self.hparams),
                     "teacher": type(self.teacher).__qualname__, "subjects": subjects, "clips": clips}
         manifest_path.write_text(json.dumps(manifest, indent=1, default=str))  # written last: marks completion
 
-    def _render_clip(self, analysis, latents: MotionLatent, subject: int, split: str, index: int) -> dict:
+    def _render_clip(self, cache: Path, analysis, latents: MotionLatent, subject: int, split: str, index: int) -> dict:
         out = self.teacher.generate(analysis, latents)
         detected = detect_landmarks(out.frames)
         name = f"clip_{subject:03d}_{index:03d}.npz"
         np.savez_compressed(
-            self.cache_path / name,
+            cache / name,
             frames=(out.frames.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8),
             masks=(out.masks[:, 0].numpy() * 255 + 0.5).astype(np.uint8),
             landmarks=out.landmarks.numpy().astype(np.float32), detected=detected.numpy().astype(np.float32),

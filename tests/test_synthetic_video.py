@@ -1,5 +1,7 @@
 """Synthetic talking video: deterministic motion, cached clips reused, disjoint splits."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,23 @@ def test_changed_code_rebuilds_the_cache(tmp_path, monkeypatch, code_module):
     assert not (second.cache_path / "manifest.json").exists()  # the old clips are not served...
     second.prepare_data()
     assert (second.cache_path / "manifest.json").is_file()  # ...they are made anew
+
+
+def test_an_edit_while_the_clips_render_does_not_split_the_cache(tmp_path, monkeypatch):
+    """The key hashes the source on disk: an edit during prepare_data must not send later clips elsewhere."""
+    teacher = MeshLiftTeacher(num_gaussians=3000, identity_steps=10, refine_steps=0)
+    dm = SyntheticVideoDataModule(teacher=teacher, crop_size=96, num_clips=2, frames_per_clip=2, heldout_clips=0,
+                                  heldout_pose_clips=0, cache_dir=str(tmp_path / "cache"))
+    first_key = dm.cache_key()
+    calls = iter(range(1000))
+    # every later look at the key sees "edited" code
+    monkeypatch.setattr(SyntheticVideoDataModule, "cache_key",
+                        lambda self: first_key if next(calls) == 0 else "edited0000000000")
+    dm.prepare_data()
+    folder = tmp_path / "cache" / first_key
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["key"] == first_key and all((folder / clip["file"]).is_file() for clip in manifest["clips"])
+    assert not (tmp_path / "cache" / "edited0000000000").exists()
 
 
 def test_wide_clips_train_beyond_the_heldout_band_with_reliability(prepared, tmp_path):
