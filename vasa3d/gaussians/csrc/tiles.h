@@ -13,6 +13,7 @@
 #include <limits>
 #include <new>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace vasa3d {
@@ -254,6 +255,46 @@ void forward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<u
 // Gradient row layout per bin entry: mean x, mean y, conic a, b, c, opacity, colour[K].
 constexpr int64_t kRowFixed = 6;
 
+// The colour channels [k, k + N) of one Gaussian in the backward, over pixels [lo, hi) of a tile (N <= 4): each
+// channel's gradient (sum of w dL/dc) into v_col[N]; into va_g, d(channels) / d alpha, from the colour behind
+// (buf, before this Gaussian adds its own) and the transmittance in front; buf gains this Gaussian's colour.
+// One pass for the group instead of one per channel (w, ra, T and va_g are loaded and stored once).
+template <typename S, int N>
+inline void channel_group(const S* __restrict w, const S* __restrict ra, const S* __restrict T, S* __restrict va_g,
+                          S* __restrict buf, const S* __restrict vo, const S* col, int64_t P, int64_t lo, int64_t hi,
+                          S* v_col) {
+  S v0 = 0, v1 = 0, v2 = 0, v3 = 0;
+  const S c0 = col[0], c1 = N > 1 ? col[1] : S(0), c2 = N > 2 ? col[2] : S(0), c3 = N > 3 ? col[3] : S(0);
+  S *b0 = buf, *b1 = buf + P, *b2 = buf + 2 * P, *b3 = buf + 3 * P;
+  const S *o0 = vo, *o1 = vo + P, *o2 = vo + 2 * P, *o3 = vo + 3 * P;
+#pragma omp simd reduction(+ : v0, v1, v2, v3)
+  for (int64_t p = lo; p < hi; ++p) {
+    const S wp = w[p], rp = ra[p], tp = T[p];
+    S d = 0;
+    {
+      const S vk = o0[p], bk = b0[p];
+      v0 += wp * vk, d += (c0 * tp - bk * rp) * vk, b0[p] = bk + wp * c0;
+    }
+    if constexpr (N > 1) {
+      const S vk = o1[p], bk = b1[p];
+      v1 += wp * vk, d += (c1 * tp - bk * rp) * vk, b1[p] = bk + wp * c1;
+    }
+    if constexpr (N > 2) {
+      const S vk = o2[p], bk = b2[p];
+      v2 += wp * vk, d += (c2 * tp - bk * rp) * vk, b2[p] = bk + wp * c2;
+    }
+    if constexpr (N > 3) {
+      const S vk = o3[p], bk = b3[p];
+      v3 += wp * vk, d += (c3 * tp - bk * rp) * vk, b3[p] = bk + wp * c3;
+    }
+    va_g[p] += rp > S(0) ? d : S(0);
+  }
+  v_col[0] = v0;
+  if constexpr (N > 1) v_col[1] = v1;
+  if constexpr (N > 2) v_col[2] = v2;
+  if constexpr (N > 3) v_col[3] = v3;
+}
+
 template <typename S>
 void backward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<uint8_t>& inside,
                    const S* v_c, const S* v_a, const S* t_final, const int32_t* last_in, S* rows) {
@@ -308,18 +349,16 @@ void backward_tile(const Scene<S>& sc, int64_t tile, Scratch<S>& s, std::vector<
       continue;
     }
     const S* col = sc.colors + g * K;
-    for (int64_t k = 0; k < K; ++k) {
-      const S ck = col[k];
-      S* bk = buf + k * P;
-      const S* vk = vo + k * P;
-      S v_col = 0;
-#pragma omp simd reduction(+ : v_col)
-      for (int64_t p = sp.p0; p < sp.p1; ++p) {
-        v_col += w[p] * vk[p];
-        va_g[p] += ra[p] > S(0) ? (ck * T[p] - bk[p] * ra[p]) * vk[p] : S(0);
-        bk[p] += w[p] * ck;  // colour behind, for the Gaussians in front
-      }
-      row[kRowFixed + k] = v_col;
+    for (int64_t k = 0; k < K; k += 4) {  // channels four at a time: w, ra, T and va_g read once per group
+      const int64_t n = std::min<int64_t>(4, K - k);
+      auto group = [&](auto count) {
+        channel_group<S, decltype(count)::value>(w, ra, T, va_g, buf + k * P, vo + k * P, col + k, P, sp.p0, sp.p1,
+                                                 row + kRowFixed + k);
+      };
+      if (n == 4) group(std::integral_constant<int, 4>{});
+      else if (n == 3) group(std::integral_constant<int, 3>{});
+      else if (n == 2) group(std::integral_constant<int, 2>{});
+      else group(std::integral_constant<int, 1>{});
     }
     S vmx = 0, vmy = 0, vca = 0, vcb = 0, vcc = 0, vop = 0;
 #pragma omp simd reduction(+ : vmx, vmy, vca, vcb, vcc, vop)
