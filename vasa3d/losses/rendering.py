@@ -41,8 +41,9 @@ def ssim_map(render: Tensor, target: Tensor, window: int = 11, sigma: float = 1.
     11x11 one): about five times cheaper, which matters when it runs every training step.
 
     ``backend="auto"``: on the CPU, when the compiled kernels are built and only ``render`` needs a
-    gradient, one compiled pass per image plane with a hand-written backward (``csrc/ssim.cpp``; about ten
-    times faster than the convolutions under autograd); ``"torch"``: the reference, by depthwise convolutions.
+    gradient, one compiled pass per image plane with a hand-written backward (``csrc/ssim.cpp``; forward and
+    backward 3-5 times faster than the convolutions under autograd, ``benchmarks/train_step.py``);
+    ``"torch"``: the reference, by depthwise convolutions.
     """
     if backend not in ("auto", "torch"):
         raise ValueError(f"ssim_map: backend={backend!r}: use 'auto' or 'torch'")

@@ -265,8 +265,9 @@ inline void channel_group(const S* __restrict w, const S* __restrict ra, const S
                           S* v_col) {
   S v0 = 0, v1 = 0, v2 = 0, v3 = 0;
   const S c0 = col[0], c1 = N > 1 ? col[1] : S(0), c2 = N > 2 ? col[2] : S(0), c3 = N > 3 ? col[3] : S(0);
-  S *b0 = buf, *b1 = buf + P, *b2 = buf + 2 * P, *b3 = buf + 3 * P;
-  const S *o0 = vo, *o1 = vo + P, *o2 = vo + 2 * P, *o3 = vo + 3 * P;
+  // (pointers past the group stay at its first channel: never formed beyond the buffers, never read)
+  S *b0 = buf, *b1 = buf + (N > 1) * P, *b2 = buf + (N > 2) * 2 * P, *b3 = buf + (N > 3) * 3 * P;
+  const S *o0 = vo, *o1 = vo + (N > 1) * P, *o2 = vo + (N > 2) * 2 * P, *o3 = vo + (N > 3) * 3 * P;
 #pragma omp simd reduction(+ : v0, v1, v2, v3)
   for (int64_t p = lo; p < hi; ++p) {
     const S wp = w[p], rp = ra[p], tp = T[p];
