@@ -115,7 +115,6 @@ def test_compiled_ssim_equals_the_torch_reference_forward_and_backward(compiled_
         ssim_map_cpp(render, wanting, _gaussian_window(11, 1.5, render))
 
 
-
 def test_trimmed_l1_ignores_the_worst_pixels_only():
     from vasa3d.losses import trimmed_l1
 
