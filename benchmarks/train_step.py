@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def interleaved_ms(runs: dict, repeats: int = 20) -> dict[str, float]:
+    """Median ms of each ``runs[name] = (prepare, timed)``, interleaved: ``timed(prepare())`` is timed, ``prepare()``
+    (fresh leaf tensors) is not; one round of warm-up, then ``repeats`` rounds of every run in turn."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats + 1):
+        for name, (prepare, timed) in runs.items():
+            state = prepare()
+            start = time.perf_counter()
+            timed(state)
+            times[name].append(time.perf_counter() - start)
+    return {k: 1e3 * statistics.median(v[1:]) for k, v in times.items()}
+
+
 def binding_ms(system, batch, repeats: int = 20) -> dict[str, float]:
     """ms of ``triangle_frames`` + ``bind_to_world`` (anchors too), forward and backward, on one posed frame of
     ``batch``, for the torch reference and the compiled path, interleaved (median of ``repeats``)."""
@@ -161,18 +175,19 @@ def binding_ms(system, batch, repeats: int = 20) -> dict[str, float]:
     with torch.no_grad():
         posed = system.avatar.frame(system.batch_latent(batch)).posed[0]
     splats = head.splats
-    times: dict[str, list[float]] = {"torch": [], "auto": []}
-    for _ in range(repeats + 1):
-        for backend in times:
-            leaves = [t.detach().clone().requires_grad_() for t in (posed, splats["means"], splats["quats"],
-                                                                     splats["scales"])]
-            start = time.perf_counter()
-            frames = triangle_frames(leaves[0], head.faces, backend=backend)
-            out = bind_to_world(leaves[1], leaves[2], torch.exp(leaves[3]), head.binding, frames, anchors=True,
+
+    def leaves():
+        return [t.detach().clone().requires_grad_() for t in (posed, splats["means"], splats["quats"], splats["scales"])]
+
+    def bind(backend):
+        def timed(leaf):
+            frames = triangle_frames(leaf[0], head.faces, backend=backend)
+            out = bind_to_world(leaf[1], leaf[2], torch.exp(leaf[3]), head.binding, frames, anchors=True,
                                 backend=backend)
             sum(o.sum() for o in out).backward()
-            times[backend].append(time.perf_counter() - start)
-    return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
+        return leaves, timed
+
+    return interleaved_ms({backend: bind(backend) for backend in ("torch", "auto")}, repeats)
 
 
 def residual_ms(system, batch, repeats: int = 20) -> dict[str, float]:
@@ -183,19 +198,20 @@ def residual_ms(system, batch, repeats: int = 20) -> dict[str, float]:
     cond = avatar.condition(system.batch_latent(batch)).detach()
     with torch.no_grad():
         canonical = head.world_gaussians(head.vertices())["means"]
-    times: dict[str, list[float]] = {"torch": [], "compiled": []}
-    for _ in range(repeats + 1):
-        for backend in times:
-            start = time.perf_counter()
+
+    def mlp(compiled):
+        def timed(_):
             per_gaussian = residual.per_gaussian(head.splats["features"], canonical)
-            if backend == "compiled":
+            if compiled:
                 out = residual.packed(cond, per_gaussian)
             else:
                 out = residual.out(residual.body(residual.cond_in(cond)[:, None, :] + per_gaussian[None]))
             out.square().sum().backward()
-            times[backend].append(time.perf_counter() - start)
+        return (lambda: None), timed
+
+    times = interleaved_ms({"torch": mlp(False), "compiled": mlp(True)}, repeats)
     system.zero_grad(set_to_none=True)
-    return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
+    return times
 
 
 def dssim_ms(batch, repeats: int = 20) -> dict[str, float]:
@@ -205,14 +221,12 @@ def dssim_ms(batch, repeats: int = 20) -> dict[str, float]:
 
     target, mask = batch["image"].float(), batch["mask"].float()
     noisy = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    times: dict[str, list[float]] = {"torch": [], "auto": []}
-    for _ in range(repeats + 1):
-        for backend in times:
-            render = noisy.clone().requires_grad_()
-            start = time.perf_counter()
-            dssim(render, target, mask, backend=backend).backward()
-            times[backend].append(time.perf_counter() - start)
-    return {k: 1e3 * sorted(v[1:])[len(v[1:]) // 2] for k, v in times.items()}
+
+    def loss(backend):
+        return (lambda: noisy.clone().requires_grad_()), (lambda render: dssim(render, target, mask,
+                                                                                backend=backend).backward())
+
+    return interleaved_ms({backend: loss(backend) for backend in ("torch", "auto")}, repeats)
 
 
 if __name__ == "__main__":

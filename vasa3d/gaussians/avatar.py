@@ -64,8 +64,7 @@ class ResidualDeformer(nn.Module):
         """Whether the layers after the split first layer can run as ``residual_forward`` of ``csrc/avatar.cpp``
         (with ``residual_backward`` under autograd): float32 on the CPU, one hidden layer (the body is just the
         SiLU), the kernels built."""
-        return (per_gaussian.device.type == "cpu" and per_gaussian.dtype == torch.float32 and len(self.body) == 1
-                and self.out.out_features <= 16 and _compiled())
+        return len(self.body) == 1 and self.out.out_features <= 16 and _float32_cpu_ready(per_gaussian)
 
     def forward(self, cond: Tensor, features: Tensor, positions: Tensor,
                 per_gaussian: Tensor | None = None) -> dict[str, Tensor]:
@@ -106,11 +105,11 @@ def split_residuals(packed: Tensor) -> dict[str, Tensor]:
     return dict(zip(RESIDUAL_CHANNELS, packed.split(list(RESIDUAL_CHANNELS.values()), dim=-1)))
 
 
-def _compiled() -> bool:
-    """Whether the compiled CPU kernels (``composite_cpp``) are available."""
-    from vasa3d.gaussians import composite_cpp
+def _float32_cpu_ready(tensor: Tensor) -> bool:
+    """Whether ``tensor`` can go through the compiled float32 kernels (``composite_cpp.cpu_ready``)."""
+    from vasa3d.gaussians.composite_cpp import cpu_ready
 
-    return composite_cpp.is_available()
+    return cpu_ready(tensor, dtypes=(torch.float32,))
 
 
 @dataclass
@@ -235,7 +234,7 @@ class GaussianAvatar(nn.Module):
         turned into a quaternion once per triangle rather than once per Gaussian (the same arithmetic)."""
         splats, binding = self.head.splats, self.head.binding
         posed = frame.posed[index]
-        if posed.device.type == "cpu" and posed.dtype == torch.float32 and _compiled():
+        if _float32_cpu_ready(posed):
             residual = posed.new_zeros(0)
             if frame.packed_residuals is not None:
                 residual = frame.packed_residuals[index]

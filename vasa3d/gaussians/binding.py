@@ -44,7 +44,7 @@ def triangle_frames(vertices: Tensor, faces: Tensor, backend: str = "auto") -> T
     """
     if backend not in ("auto", "torch"):
         raise ValueError(f"triangle_frames: backend={backend!r}: use 'auto' or 'torch'")
-    if backend == "auto" and vertices.dim() == 2 and _compiled_cpu(vertices):
+    if backend == "auto" and vertices.dim() == 2 and _cpu_ready(vertices):
         rotations, scales, centroids, quats = _Frames.apply(vertices, faces)
         return TriangleFrames(centroids, rotations, scales, quats)
     v0, v1, v2 = take(vertices, faces[:, 0]), take(vertices, faces[:, 1]), take(vertices, faces[:, 2])
@@ -92,7 +92,7 @@ def bind_to_world(
         raise ValueError(f"bind_to_world: backend={backend!r}: use 'auto' or 'torch'")
     quats = F.normalize(local_quats, dim=-1)
     frame_quats = frames.quats if frames.quats is not None else rotmat_to_quat(frames.rotations)
-    if backend == "auto" and _compiled_binding(local_means, frames):
+    if backend == "auto" and _cpu_ready(local_means, *(t for t in frames if t is not None)):
         out = _BindGaussians.apply(frames.rotations, frames.scales, frames.centroids, frame_quats, binding,
                                    local_means, quats, local_scales, anchors)
         return out if anchors else out[:3]
@@ -105,17 +105,10 @@ def bind_to_world(
     return out
 
 
-def _compiled_cpu(tensor: Tensor) -> bool:
-    """Whether ``tensor`` can go through the compiled CPU kernels (float32/64 on the CPU, kernels built)."""
-    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
-        return False
-    from vasa3d.gaussians import composite_cpp
+def _cpu_ready(*tensors: Tensor) -> bool:
+    from vasa3d.gaussians.composite_cpp import cpu_ready  # imported late: it builds the kernels on first use
 
-    return composite_cpp.is_available()
-
-
-def _compiled_binding(local_means: Tensor, frames: TriangleFrames) -> bool:
-    return all(t.dtype == local_means.dtype for t in frames if t is not None) and _compiled_cpu(local_means)
+    return cpu_ready(*tensors)
 
 
 class _Frames(torch.autograd.Function):

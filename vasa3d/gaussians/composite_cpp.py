@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 from vasa3d.gaussians.composite import TileBins
 
 __all__ = ["composite_cpp", "bin_gaussians_cpp", "project_cpp", "render_forward_cpp", "ssim_map_cpp", "is_available",
-           "load", "build_dir"]
+           "cpu_ready", "load", "build_dir"]
 
 _NAME = "vasa3d_composite"
 _SOURCE = Path(__file__).with_name("csrc") / "composite.cpp"
@@ -128,6 +128,15 @@ def _build(directory: Path) -> None:
 
 def is_available() -> bool:
     """Whether the compiled compositor can be used (builds it on the first call)."""
+    return load()
+
+
+def cpu_ready(*tensors: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> bool:
+    """Whether ``tensors`` can go through the compiled kernels: all on the CPU, all of one dtype among ``dtypes``,
+    and the kernels built (the check every ``backend="auto"`` path makes before taking them)."""
+    first = tensors[0]
+    if first.dtype not in dtypes or any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors):
+        return False
     return load()
 
 

@@ -65,13 +65,11 @@ def ssim_map(render: Tensor, target: Tensor, window: int = 11, sigma: float = 1.
 def _compiled_ssim(render: Tensor, target: Tensor) -> bool:
     """Whether :func:`ssim_map` can take the compiled path: CPU float32/64 images of one size and dtype, no
     gradient wanted for the target, the kernels built."""
-    if (render.device.type != "cpu" or target.device.type != "cpu" or render.dtype not in (torch.float32, torch.float64)
-            or target.dtype != render.dtype or render.dim() != 4 or target.shape != render.shape
-            or (target.requires_grad and torch.is_grad_enabled())):
+    if render.dim() != 4 or target.shape != render.shape or (target.requires_grad and torch.is_grad_enabled()):
         return False
-    from vasa3d.gaussians import composite_cpp
+    from vasa3d.gaussians.composite_cpp import cpu_ready
 
-    return composite_cpp.is_available()
+    return cpu_ready(render, target)
 
 
 def dssim(render: Tensor, target: Tensor, weight: Tensor | None = None, reduction: Reduction = "mean",

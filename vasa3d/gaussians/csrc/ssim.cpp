@@ -76,6 +76,19 @@ void blur_column(const S* rows, const S* g, int64_t h, int64_t wo, int64_t k, in
   }
 }
 
+// The four factors of SSIM at one pixel from its blurred moments: ssim = (a1 a2) / (b1 b2), with a1 = 2 mx my + c1,
+// a2 = 2 cov + c2, b1 = mx^2 + my^2 + c1, b2 = var_x + var_y + c2 (the reference's order of operations).
+template <typename S>
+struct Terms {
+  S a1, a2, b1, b2;
+};
+
+template <typename S>
+inline Terms<S> ssim_terms(S mx, S my, S xx, S yy, S xy, S c1, S c2) {
+  return {S(2) * mx * my + c1, S(2) * (xy - mx * my) + c2, mx * mx + my * my + c1,
+          (xx - mx * mx) + (yy - my * my) + c2};
+}
+
 at::Tensor ssim_forward(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& window_in) {
   check("ssim_forward", x_in, y_in, window_in);
   const int64_t planes = x_in.size(0), h = x_in.size(1), w = x_in.size(2), k = window_in.numel();
@@ -96,10 +109,8 @@ at::Tensor ssim_forward(const at::Tensor& x_in, const at::Tensor& y_in, const at
           S* orow = o + (p * ho + i) * wo;
 #pragma omp simd
           for (int64_t j = 0; j < wo; ++j) {
-            const S a1 = S(2) * mx[j] * my[j] + c1, a2 = S(2) * (xy[j] - mx[j] * my[j]) + c2;
-            const S b1 = mx[j] * mx[j] + my[j] * my[j] + c1;
-            const S b2 = (xx[j] - mx[j] * mx[j]) + (yy[j] - my[j] * my[j]) + c2;
-            orow[j] = (a1 * a2) / (b1 * b2);
+            const Terms<S> f = ssim_terms(mx[j], my[j], xx[j], yy[j], xy[j], c1, c2);
+            orow[j] = (f.a1 * f.a2) / (f.b1 * f.b2);
           }
         }
       }
@@ -137,14 +148,12 @@ at::Tensor ssim_backward(const at::Tensor& x_in, const at::Tensor& y_in, const a
           const S* vrow = v + (p * ho + i) * wo;
 #pragma omp simd
           for (int64_t j = 0; j < wo; ++j) {
-            const S a1 = S(2) * mx[j] * my[j] + c1, a2 = S(2) * (xy[j] - mx[j] * my[j]) + c2;
-            const S b1 = mx[j] * mx[j] + my[j] * my[j] + c1;
-            const S b2 = (xx[j] - mx[j] * mx[j]) + (yy[j] - my[j] * my[j]) + c2;
-            const S den = b1 * b2, s = (a1 * a2) / den, gv = vrow[j];
-            // s = a1 a2 / (b1 b2); a1, b1 hold mean x; a2, b2 hold mean x and the raw moments xx, xy
-            d_mx[i * wo + j] = gv * (S(2) * my[j] * (a2 - a1) / den - S(2) * mx[j] * s * (S(1) / b1 - S(1) / b2));
-            d_xx[i * wo + j] = gv * (-s / b2);
-            d_xy[i * wo + j] = gv * (S(2) * a1 / den);
+            const Terms<S> f = ssim_terms(mx[j], my[j], xx[j], yy[j], xy[j], c1, c2);
+            const S den = f.b1 * f.b2, s = (f.a1 * f.a2) / den, gv = vrow[j];
+            // a1, b1 hold mean x; a2, b2 hold mean x and the raw moments xx, xy
+            d_mx[i * wo + j] = gv * (S(2) * my[j] * (f.a2 - f.a1) / den - S(2) * mx[j] * s * (S(1) / f.b1 - S(1) / f.b2));
+            d_xx[i * wo + j] = gv * (-s / f.b2);
+            d_xy[i * wo + j] = gv * (S(2) * f.a1 / den);
           }
         }
         // transpose of the column pass: d_col[m][i + t][j] += g[t] d_out[m][i][j]
